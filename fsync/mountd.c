@@ -1,0 +1,1597 @@
+/* mountd.c - the lazy read-only FUSE filesystem over SFTP; see mount.h and docs/architecture.md.
+ *
+ * Threads: libfuse's workers run the request handlers; the SFTP owner thread runs the fetch
+ * completions (fetch_read_done, fetch_attr_done); the flusher thread writes block rows to the
+ * index in batches and evicts; the invalidation thread tells the kernel about changed inodes.
+ *
+ * Lock order: m->of_lock, then of->lock, then the index's own mutex. Callbacks run under the
+ * index mutex (idx_children, idx_delete's gone) never call the index.
+ */
+#define FUSE_USE_VERSION 34
+#include "mount.h"
+
+#include "blockcache.h"
+#include "index.h"
+#include "stats.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <fuse_lowlevel.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define RA_START 4    /* blocks of read-ahead after the second sequential read */
+#define RA_MAX 64     /* at most 4 MiB ahead */
+#define BATCH_MAX 8   /* blocks per verified batch (each batch ends with an fstat) */
+#define FETCH_TRIES 3 /* a read retries this often after a stale handle or a change */
+
+enum bstate { B_MISSING = 0, B_CACHED, B_VERIFIED, B_FETCHING };
+
+struct ofile {
+    struct ofile *next; /* protected by m->of_lock */
+    int refs;           /* protected by m->of_lock */
+    int64_t id;
+
+    pthread_mutex_t lock; /* protects everything below */
+    pthread_cond_t cond;  /* broadcast when blocks change state or the handle opens */
+    uint64_t version, size;
+    int64_t mtime_ns;
+    int fd;
+    int retired[8]; /* fds of earlier versions, closed with the ofile (readers may hold them) */
+    int n_retired;
+    uint64_t nblocks;
+    uint8_t *state;
+    uint8_t (*hash)[16];
+    bool changed; /* the server copy changed under a fetch: revalidate before serving */
+    int err;      /* last fetch error */
+    struct tun_sftp_handle h;
+    bool have_handle, opening;
+    uint64_t next_seq; /* block after the last read */
+    uint32_t ra;       /* read-ahead window, blocks */
+    uint64_t ra_next;  /* first block read-ahead has not requested yet */
+};
+
+struct mountd {
+    struct fs_mount_opts o;
+    char root[PATH_MAX];
+    char cache_dir[PATH_MAX];
+    idx_t *idx;
+    tun_sftp_t *sftp;
+    struct fs_stats st;
+    fs_stats_server_t *srv;
+    struct fuse_session *se;
+    int64_t ttl_ns;
+    double ttl_s;
+    uint64_t budget;
+
+    pthread_mutex_t of_lock;
+    struct ofile *ofiles; /* protected by of_lock */
+
+    pthread_mutex_t bg_lock;   /* protects the queues below and stopping */
+    pthread_cond_t bg_cond;
+    struct idx_block *pend;    /* block rows waiting for the flusher */
+    size_t n_pend, cap_pend;
+    fuse_ino_t *inval;         /* inodes whose kernel caches must go */
+    size_t n_inval, cap_inval;
+    bool stopping;
+    pthread_t flusher, invalidator;
+};
+
+static int64_t wall_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static void logmsg(struct mountd *m, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void logmsg(struct mountd *m, const char *fmt, ...)
+{
+    va_list ap;
+    (void)m;
+    va_start(ap, fmt);
+    fputs("offload mountd: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+/* ---- background queues ---- */
+
+static void queue_inval(struct mountd *m, fuse_ino_t ino)
+{
+    pthread_mutex_lock(&m->bg_lock);
+    if (m->n_inval == m->cap_inval) {
+        size_t cap = m->cap_inval ? m->cap_inval * 2 : 64;
+        fuse_ino_t *n = realloc(m->inval, cap * sizeof(*n));
+        if (n == NULL) {
+            pthread_mutex_unlock(&m->bg_lock);
+            return;
+        }
+        m->inval = n;
+        m->cap_inval = cap;
+    }
+    m->inval[m->n_inval++] = ino;
+    pthread_cond_broadcast(&m->bg_cond);
+    pthread_mutex_unlock(&m->bg_lock);
+}
+
+static void queue_block(struct mountd *m, const struct idx_block *b)
+{
+    pthread_mutex_lock(&m->bg_lock);
+    if (m->n_pend == m->cap_pend) {
+        size_t cap = m->cap_pend ? m->cap_pend * 2 : 256;
+        struct idx_block *n = realloc(m->pend, cap * sizeof(*n));
+        if (n == NULL) {
+            pthread_mutex_unlock(&m->bg_lock);
+            return; /* the block stays uncached in the index: refetched later, never wrong */
+        }
+        m->pend = n;
+        m->cap_pend = cap;
+    }
+    m->pend[m->n_pend++] = *b;
+    pthread_mutex_unlock(&m->bg_lock);
+}
+
+static void evicted_cb(void *arg, const struct idx_block *b)
+{
+    struct mountd *m = arg;
+    fs_cache_punch(m->cache_dir, b->file, b->version, b->blkno * FS_BLOCK_SIZE, FS_BLOCK_SIZE);
+}
+
+static void flush_blocks(struct mountd *m)
+{
+    struct idx_block *p;
+    size_t n;
+
+    pthread_mutex_lock(&m->bg_lock);
+    p = m->pend;
+    n = m->n_pend;
+    m->pend = NULL;
+    m->n_pend = m->cap_pend = 0;
+    pthread_mutex_unlock(&m->bg_lock);
+    if (n) {
+        idx_begin(m->idx);
+        for (size_t i = 0; i < n; i++)
+            idx_block_put(m->idx, &p[i]); /* -ESTALE: the file moved on, drop the row */
+        idx_commit(m->idx);
+    }
+    free(p);
+    if (idx_cached_bytes(m->idx) > m->budget)
+        idx_evict(m->idx, m->budget / 10 * 9, evicted_cb, m);
+}
+
+static void *flusher_main(void *arg)
+{
+    struct mountd *m = arg;
+    bool stop = false;
+
+    while (!stop) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 200 * 1000000;
+        if (ts.tv_nsec >= 1000000000) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000;
+        }
+        pthread_mutex_lock(&m->bg_lock);
+        if (!m->stopping)
+            pthread_cond_timedwait(&m->bg_cond, &m->bg_lock, &ts);
+        stop = m->stopping;
+        pthread_mutex_unlock(&m->bg_lock);
+        flush_blocks(m);
+    }
+    return NULL;
+}
+
+static void *invalidator_main(void *arg)
+{
+    struct mountd *m = arg;
+
+    pthread_mutex_lock(&m->bg_lock);
+    while (!m->stopping) {
+        if (m->n_inval == 0) {
+            pthread_cond_wait(&m->bg_cond, &m->bg_lock);
+            continue;
+        }
+        fuse_ino_t ino = m->inval[--m->n_inval];
+        pthread_mutex_unlock(&m->bg_lock);
+        if (m->se)
+            fuse_lowlevel_notify_inval_inode(m->se, ino, 0, 0);
+        pthread_mutex_lock(&m->bg_lock);
+    }
+    pthread_mutex_unlock(&m->bg_lock);
+    return NULL;
+}
+
+/* ---- metadata ---- */
+
+static void gone_cb(void *arg, int64_t id, uint64_t version)
+{
+    struct mountd *m = arg;
+    fs_cache_remove(m->cache_dir, id, version);
+}
+
+/* The server path of row id, or -ENOENT if a row on the way is gone. */
+static int node_path(struct mountd *m, int64_t id, char *out, size_t len)
+{
+    char tmp[PATH_MAX];
+    size_t pos = sizeof(tmp) - 1;
+    struct idx_file f;
+    int r, depth = 0;
+
+    tmp[pos] = '\0';
+    while (id != IDX_ROOT_ID) {
+        size_t n;
+        if ((r = idx_get(m->idx, id, &f)) != 0)
+            return r;
+        n = strlen(f.name);
+        if (n + 1 > pos || ++depth > 4096)
+            return -ENAMETOOLONG;
+        pos -= n;
+        memcpy(tmp + pos, f.name, n);
+        tmp[--pos] = '/';
+        id = f.parent;
+    }
+    if (strcmp(m->root, "/") == 0)
+        r = snprintf(out, len, "%s", pos == sizeof(tmp) - 1 ? "/" : tmp + pos);
+    else
+        r = snprintf(out, len, "%s%s", m->root, tmp + pos);
+    return (size_t)r >= len ? -ENAMETOOLONG : 0;
+}
+
+static void attr_to_file(const struct tun_sftp_attr *a, int64_t now, struct idx_file *f)
+{
+    f->mode = a->perm;
+    f->uid = a->uid;
+    f->gid = a->gid;
+    f->size = a->size;
+    f->atime_ns = (int64_t)a->atime * 1000000000;
+    f->mtime_ns = (int64_t)a->mtime * 1000000000;
+    f->ctime_ns = f->mtime_ns;
+    f->nlink = S_ISDIR(a->perm) ? 2 : 1;
+    f->dev = 0;
+    f->ino = 0;
+    f->attr_time_ns = now;
+    f->list_time_ns = 0;
+}
+
+/* Record fresh metadata; when the content identity changed, drop the cached bytes of the old
+ * version and have the kernel forget its pages. */
+static int meta_put(struct mountd *m, struct idx_file *f)
+{
+    struct idx_file old;
+    bool had = idx_lookup(m->idx, f->parent, f->name, &old) == 0;
+    int r = idx_put(m->idx, f);
+
+    if (r == 1) {
+        if (had)
+            fs_cache_remove(m->cache_dir, old.id, old.version);
+        queue_inval(m, (fuse_ino_t)f->id);
+        r = 0;
+    }
+    return r;
+}
+
+static bool fresh(struct mountd *m, int64_t t)
+{
+    return t != 0 && wall_ns() - t < m->ttl_ns;
+}
+
+/* Ask the server for (parent, name) and record it. -ENOENT removes the row. */
+static int fetch_entry(struct mountd *m, int64_t parent, const char *name, struct idx_file *out)
+{
+    char path[PATH_MAX];
+    struct tun_sftp_attr a;
+    struct idx_file f;
+    int r;
+
+    if ((r = node_path(m, parent, path, sizeof(path))) != 0)
+        return r;
+    if (strlen(path) + strlen(name) + 2 > sizeof(path))
+        return -ENAMETOOLONG;
+    if (strcmp(path, "/") != 0)
+        strcat(path, "/");
+    strcat(path, name);
+    FS_STAT_ADD(&m->st, meta_fetches, 1);
+    r = tun_sftp_lstat(m->sftp, path, &a);
+    if (r == -ENOENT) {
+        if (idx_lookup(m->idx, parent, name, &f) == 0)
+            idx_delete(m->idx, f.id, gone_cb, m);
+        return -ENOENT;
+    }
+    if (r != 0)
+        return r;
+    memset(&f, 0, sizeof(f));
+    f.parent = parent;
+    snprintf(f.name, sizeof(f.name), "%s", name);
+    attr_to_file(&a, wall_ns(), &f);
+    if ((r = meta_put(m, &f)) != 0)
+        return r;
+    *out = f;
+    return 0;
+}
+
+/* Current metadata of row id, asking the server if the cached copy is older than the TTL. */
+static int get_fresh(struct mountd *m, int64_t id, struct idx_file *out)
+{
+    struct idx_file f;
+    int r;
+
+    if ((r = idx_get(m->idx, id, &f)) != 0)
+        return r;
+    if (fresh(m, f.attr_time_ns)) {
+        *out = f;
+        return 0;
+    }
+    if (id == IDX_ROOT_ID) {
+        struct tun_sftp_attr a;
+        FS_STAT_ADD(&m->st, meta_fetches, 1);
+        if ((r = tun_sftp_stat(m->sftp, m->root, &a)) != 0)
+            return r;
+        attr_to_file(&a, wall_ns(), &f);
+        if ((r = meta_put(m, &f)) != 0)
+            return r;
+        *out = f;
+        return 0;
+    }
+    return fetch_entry(m, f.parent, f.name, out);
+}
+
+static void file_to_stat(const struct idx_file *f, struct stat *st)
+{
+    memset(st, 0, sizeof(*st));
+    st->st_ino = (ino_t)f->id;
+    st->st_mode = f->mode;
+    st->st_nlink = f->nlink ? f->nlink : 1;
+    st->st_uid = f->uid;
+    st->st_gid = f->gid;
+    st->st_size = (off_t)f->size;
+    st->st_blksize = FS_BLOCK_SIZE;
+    st->st_blocks = (blkcnt_t)((f->size + 511) / 512);
+    st->st_atim.tv_sec = f->atime_ns / 1000000000;
+    st->st_atim.tv_nsec = f->atime_ns % 1000000000;
+    st->st_mtim.tv_sec = f->mtime_ns / 1000000000;
+    st->st_mtim.tv_nsec = f->mtime_ns % 1000000000;
+    st->st_ctim.tv_sec = f->ctime_ns / 1000000000;
+    st->st_ctim.tv_nsec = f->ctime_ns % 1000000000;
+}
+
+static void fill_entry(struct mountd *m, const struct idx_file *f, struct fuse_entry_param *e)
+{
+    memset(e, 0, sizeof(*e));
+    e->ino = (fuse_ino_t)f->id;
+    e->generation = 1;
+    file_to_stat(f, &e->attr);
+    e->attr_timeout = m->ttl_s;
+    e->entry_timeout = m->ttl_s;
+}
+
+static int reply_err(fuse_req_t req, int negerr)
+{
+    /* every network failure reaches the caller as EIO; the rest as themselves */
+    int e = -negerr;
+    if (e == ESTALE || e == ESHUTDOWN || e == ETIMEDOUT || e == EPROTO || e == EBADMSG)
+        e = EIO;
+    return fuse_reply_err(req, e);
+}
+
+/* Refresh the listing of directory 'dir' from the server if it is older than the TTL. */
+struct list_ctx {
+    struct mountd *m;
+    int64_t dir, start;
+    int err;
+};
+
+static int list_each(void *arg, const char *name, const struct tun_sftp_attr *a)
+{
+    struct list_ctx *c = arg;
+    struct idx_file f;
+
+    if (strlen(name) > IDX_NAME_MAX || strchr(name, '/') != NULL)
+        return 0; /* not representable: skip, never fail the listing */
+    memset(&f, 0, sizeof(f));
+    f.parent = c->dir;
+    snprintf(f.name, sizeof(f.name), "%s", name);
+    attr_to_file(a, c->start, &f);
+    if (meta_put(c->m, &f) != 0)
+        c->err = -EIO;
+    return 0;
+}
+
+static int refresh_dir(struct mountd *m, int64_t dir)
+{
+    char path[PATH_MAX];
+    struct idx_file f;
+    struct list_ctx c = {.m = m, .dir = dir};
+    int r;
+
+    if ((r = idx_get(m->idx, dir, &f)) != 0)
+        return r;
+    if (!S_ISDIR(f.mode))
+        return -ENOTDIR;
+    if (fresh(m, f.list_time_ns))
+        return 0;
+    if ((r = node_path(m, dir, path, sizeof(path))) != 0)
+        return r;
+    c.start = wall_ns();
+    FS_STAT_ADD(&m->st, meta_fetches, 1);
+    idx_begin(m->idx);
+    r = tun_sftp_listdir(m->sftp, path, list_each, &c);
+    if (r == 0 && c.err == 0) {
+        idx_prune_children(m->idx, dir, c.start, gone_cb, m);
+        idx_set_listed(m->idx, dir, c.start);
+        idx_commit(m->idx);
+        return 0;
+    }
+    idx_commit(m->idx); /* what was seen is still true */
+    return r ? r : c.err;
+}
+
+/* ---- FUSE: metadata ops ---- */
+
+static struct mountd *M(fuse_req_t req)
+{
+    struct mountd *m = fuse_req_userdata(req);
+    FS_STAT_ADD(&m->st, requests, 1);
+    return m;
+}
+
+static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+    struct mountd *m = M(req);
+    struct fuse_entry_param e;
+    struct idx_file p, f;
+    int r;
+
+    if (strlen(name) > IDX_NAME_MAX) {
+        fuse_reply_err(req, ENAMETOOLONG);
+        return;
+    }
+    if ((r = idx_get(m->idx, (int64_t)parent, &p)) != 0) {
+        reply_err(req, r == -ENOENT ? -ESTALE : r);
+        return;
+    }
+    r = idx_lookup(m->idx, (int64_t)parent, name, &f);
+    if (fresh(m, p.list_time_ns)) {
+        /* the listing is fresh: a missing row is a negative answer, no round trip */
+        if (r == -ENOENT) {
+            memset(&e, 0, sizeof(e));
+            e.entry_timeout = m->ttl_s;
+            fuse_reply_entry(req, &e);
+            return;
+        }
+    }
+    if (r == 0 && !fresh(m, f.attr_time_ns))
+        r = -EAGAIN;
+    if (r != 0)
+        r = fetch_entry(m, (int64_t)parent, name, &f);
+    if (r == -ENOENT) {
+        memset(&e, 0, sizeof(e));
+        e.entry_timeout = m->ttl_s;
+        fuse_reply_entry(req, &e);
+        return;
+    }
+    if (r != 0) {
+        reply_err(req, r);
+        return;
+    }
+    fill_entry(m, &f, &e);
+    fuse_reply_entry(req, &e);
+}
+
+static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    struct mountd *m = M(req);
+    struct idx_file f;
+    struct stat st;
+    int r;
+
+    (void)fi;
+    if ((r = get_fresh(m, (int64_t)ino, &f)) != 0) {
+        reply_err(req, r == -ENOENT && ino != FUSE_ROOT_ID ? -ENOENT : r);
+        return;
+    }
+    file_to_stat(&f, &st);
+    fuse_reply_attr(req, &st, m->ttl_s);
+}
+
+static void op_readlink(fuse_req_t req, fuse_ino_t ino)
+{
+    struct mountd *m = M(req);
+    char path[PATH_MAX], target[PATH_MAX];
+    struct idx_file f;
+    int r;
+
+    if ((r = get_fresh(m, (int64_t)ino, &f)) != 0) {
+        reply_err(req, r);
+        return;
+    }
+    if (!S_ISLNK(f.mode)) {
+        fuse_reply_err(req, EINVAL);
+        return;
+    }
+    if (idx_get_link(m->idx, f.id, target, sizeof(target)) == 0 && target[0]) {
+        fuse_reply_readlink(req, target);
+        return;
+    }
+    if ((r = node_path(m, f.id, path, sizeof(path))) != 0 ||
+        (FS_STAT_ADD(&m->st, meta_fetches, 1),
+         (r = tun_sftp_readlink(m->sftp, path, target, sizeof(target))) != 0)) {
+        reply_err(req, r);
+        return;
+    }
+    idx_set_link(m->idx, f.id, target);
+    fuse_reply_readlink(req, target);
+}
+
+static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    struct mountd *m = M(req);
+    int r = refresh_dir(m, (int64_t)ino);
+
+    if (r == -ENOENT && ino != FUSE_ROOT_ID)
+        r = -ESTALE;
+    if (r != 0) {
+        reply_err(req, r);
+        return;
+    }
+    fi->cache_readdir = 1;
+    fi->keep_cache = 1;
+    fuse_reply_open(req, fi);
+}
+
+struct dir_fill {
+    struct mountd *m;
+    fuse_req_t req;
+    char *buf;
+    size_t size, pos;
+    bool plus;
+};
+
+static bool dir_add(struct dir_fill *d, const char *name, const struct idx_file *f, off_t next)
+{
+    size_t n;
+    if (d->plus) {
+        struct fuse_entry_param e;
+        fill_entry(d->m, f, &e);
+        n = fuse_add_direntry_plus(d->req, d->buf + d->pos, d->size - d->pos, name, &e, next);
+    } else {
+        struct stat st;
+        file_to_stat(f, &st);
+        n = fuse_add_direntry(d->req, d->buf + d->pos, d->size - d->pos, name, &st, next);
+    }
+    if (n > d->size - d->pos)
+        return false;
+    d->pos += n;
+    return true;
+}
+
+static int dir_each(void *arg, const struct idx_file *f)
+{
+    struct dir_fill *d = arg;
+    return dir_add(d, f->name, f, (off_t)f->id + 2) ? 0 : 1;
+}
+
+static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus)
+{
+    struct mountd *m = M(req);
+    struct dir_fill d = {.m = m, .req = req, .size = size, .plus = plus};
+    struct idx_file self, parent;
+    int r;
+
+    if ((r = idx_get(m->idx, (int64_t)ino, &self)) != 0) {
+        reply_err(req, r);
+        return;
+    }
+    if ((d.buf = malloc(size)) == NULL) {
+        fuse_reply_err(req, ENOMEM);
+        return;
+    }
+    if (off < 1 && !dir_add(&d, ".", &self, 1))
+        goto done;
+    if (off < 2) {
+        if (self.parent == 0 || idx_get(m->idx, self.parent, &parent) != 0)
+            parent = self;
+        if (!dir_add(&d, "..", &parent, 2))
+            goto done;
+    }
+    r = idx_children(m->idx, (int64_t)ino, off > 2 ? (int64_t)off - 2 : 0, dir_each, &d);
+    if (r < 0) {
+        free(d.buf);
+        reply_err(req, r);
+        return;
+    }
+done:
+    fuse_reply_buf(req, d.buf, d.pos);
+    free(d.buf);
+}
+
+static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                       struct fuse_file_info *fi)
+{
+    (void)fi;
+    do_readdir(req, ino, size, off, false);
+}
+
+static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                           struct fuse_file_info *fi)
+{
+    (void)fi;
+    do_readdir(req, ino, size, off, true);
+}
+
+static void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    (void)ino, (void)fi;
+    M(req);
+    fuse_reply_err(req, 0);
+}
+
+static void op_statfs(fuse_req_t req, fuse_ino_t ino)
+{
+    struct mountd *m = M(req);
+    struct statvfs sv;
+
+    (void)ino;
+    if (tun_sftp_has_ext(m->sftp, "statvfs@openssh.com") &&
+        tun_sftp_statvfs(m->sftp, m->root, &sv) == 0) {
+        sv.f_flag = 0;
+        fuse_reply_statfs(req, &sv);
+        return;
+    }
+    memset(&sv, 0, sizeof(sv));
+    sv.f_bsize = sv.f_frsize = 4096;
+    sv.f_namemax = IDX_NAME_MAX;
+    fuse_reply_statfs(req, &sv);
+}
+
+/* ---- open files ---- */
+
+/* Load (or reset to) the version in f: state from the index, a cache file of that version. */
+struct load_ctx {
+    struct ofile *of;
+};
+
+static int load_block(void *arg, const struct idx_block *b)
+{
+    struct ofile *of = arg;
+    if (b->cached && b->blkno < of->nblocks) {
+        of->state[b->blkno] = B_CACHED;
+        memcpy(of->hash[b->blkno], b->hash, 16);
+    }
+    return 0;
+}
+
+/* Called with of->lock held (or before the ofile is shared). */
+static int of_load(struct mountd *m, struct ofile *of, const struct idx_file *f)
+{
+    uint64_t nb = (f->size + FS_BLOCK_SIZE - 1) / FS_BLOCK_SIZE;
+    uint8_t *state = calloc(nb ? nb : 1, 1);
+    uint8_t(*hash)[16] = calloc(nb ? nb : 1, 16);
+    int fd;
+
+    if (state == NULL || hash == NULL) {
+        free(state);
+        free(hash);
+        return -ENOMEM;
+    }
+    if ((fd = fs_cache_open(m->cache_dir, f->id, f->version, f->size)) < 0) {
+        free(state);
+        free(hash);
+        return fd;
+    }
+    if (of->fd >= 0) {
+        if (of->n_retired < (int)(sizeof(of->retired) / sizeof(of->retired[0])))
+            of->retired[of->n_retired++] = of->fd;
+        else
+            close(of->fd); /* ultra-rare: more than 8 versions during one open */
+    }
+    free(of->state);
+    free(of->hash);
+    of->state = state;
+    of->hash = hash;
+    of->fd = fd;
+    of->nblocks = nb;
+    of->version = f->version;
+    of->size = f->size;
+    of->mtime_ns = f->mtime_ns;
+    of->changed = false;
+    of->err = 0;
+    of->next_seq = 0;
+    of->ra = 0;
+    of->ra_next = 0;
+    idx_blocks(m->idx, f->id, f->version, load_block, of);
+    return 0;
+}
+
+static struct ofile *of_get(struct mountd *m, const struct idx_file *f, int *err)
+{
+    struct ofile *of;
+
+    pthread_mutex_lock(&m->of_lock);
+    for (of = m->ofiles; of; of = of->next)
+        if (of->id == f->id)
+            break;
+    if (of) {
+        of->refs++;
+        pthread_mutex_unlock(&m->of_lock);
+        pthread_mutex_lock(&of->lock);
+        if (of->version != f->version)
+            *err = of_load(m, of, f);
+        pthread_mutex_unlock(&of->lock);
+        return of;
+    }
+    of = calloc(1, sizeof(*of));
+    if (of == NULL) {
+        pthread_mutex_unlock(&m->of_lock);
+        *err = -ENOMEM;
+        return NULL;
+    }
+    of->id = f->id;
+    of->fd = -1;
+    of->refs = 1;
+    pthread_mutex_init(&of->lock, NULL);
+    pthread_cond_init(&of->cond, NULL);
+    idx_pin(m->idx, f->id);
+    if ((*err = of_load(m, of, f)) != 0) {
+        idx_unpin(m->idx, f->id);
+        pthread_mutex_unlock(&m->of_lock);
+        free(of);
+        return NULL;
+    }
+    of->next = m->ofiles;
+    m->ofiles = of;
+    pthread_mutex_unlock(&m->of_lock);
+    return of;
+}
+
+static void of_put(struct mountd *m, struct ofile *of)
+{
+    struct ofile **pp;
+
+    pthread_mutex_lock(&m->of_lock);
+    if (--of->refs > 0) {
+        pthread_mutex_unlock(&m->of_lock);
+        return;
+    }
+    for (pp = &m->ofiles; *pp; pp = &(*pp)->next)
+        if (*pp == of) {
+            *pp = of->next;
+            break;
+        }
+    pthread_mutex_unlock(&m->of_lock);
+    if (of->have_handle)
+        tun_sftp_close_async(m->sftp, &of->h);
+    idx_blocks_touch(m->idx, of->id);
+    idx_unpin(m->idx, of->id);
+    if (of->fd >= 0)
+        close(of->fd);
+    for (int i = 0; i < of->n_retired; i++)
+        close(of->retired[i]);
+    free(of->state);
+    free(of->hash);
+    pthread_mutex_destroy(&of->lock);
+    pthread_cond_destroy(&of->cond);
+    free(of);
+}
+
+/* Make sure of has a server handle. Called without of->lock. */
+static int of_handle(struct mountd *m, struct ofile *of)
+{
+    char path[PATH_MAX];
+    struct tun_sftp_handle h;
+    int r;
+
+    pthread_mutex_lock(&of->lock);
+    while (of->opening)
+        pthread_cond_wait(&of->cond, &of->lock);
+    if (of->have_handle) {
+        pthread_mutex_unlock(&of->lock);
+        return 0;
+    }
+    of->opening = true;
+    pthread_mutex_unlock(&of->lock);
+
+    r = node_path(m, of->id, path, sizeof(path));
+    if (r == 0)
+        r = tun_sftp_open(m->sftp, path, &h);
+
+    pthread_mutex_lock(&of->lock);
+    of->opening = false;
+    if (r == 0) {
+        of->h = h;
+        of->have_handle = true;
+    }
+    pthread_cond_broadcast(&of->cond);
+    pthread_mutex_unlock(&of->lock);
+    return r;
+}
+
+static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    struct mountd *m = M(req);
+    struct idx_file f;
+    struct ofile *of;
+    bool complete = true;
+    int r;
+
+    if ((fi->flags & O_ACCMODE) != O_RDONLY) {
+        fuse_reply_err(req, EROFS);
+        return;
+    }
+    if ((r = get_fresh(m, (int64_t)ino, &f)) != 0) {
+        reply_err(req, r);
+        return;
+    }
+    if (!S_ISREG(f.mode)) {
+        fuse_reply_err(req, S_ISDIR(f.mode) ? EISDIR : EINVAL);
+        return;
+    }
+    if ((of = of_get(m, &f, &r)) == NULL || r != 0) {
+        if (of)
+            of_put(m, of);
+        logmsg(m, "cannot open the cache of '%s': %s", f.name, strerror(-r));
+        reply_err(req, r);
+        return;
+    }
+    pthread_mutex_lock(&of->lock);
+    for (uint64_t b = 0; b < of->nblocks && complete; b++)
+        complete = of->state[b] == B_CACHED || of->state[b] == B_VERIFIED;
+    pthread_mutex_unlock(&of->lock);
+    /* a file not fully cached is opened on the server now, so EACCES reaches open() */
+    if (!complete && (r = of_handle(m, of)) != 0) {
+        of_put(m, of);
+        reply_err(req, r);
+        return;
+    }
+    fi->fh = (uint64_t)(uintptr_t)of;
+    fi->keep_cache = 1; /* changed versions are invalidated explicitly (queue_inval) */
+    fuse_reply_open(req, fi);
+}
+
+static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    struct mountd *m = M(req);
+    (void)ino;
+    of_put(m, (struct ofile *)(uintptr_t)fi->fh);
+    fuse_reply_err(req, 0);
+}
+
+/* ---- fetching ---- */
+
+#define CHANGED (-EAGAIN) /* the file changed on the server during a fetch */
+
+struct batch;
+struct slot {
+    struct batch *b;
+    uint32_t i;
+};
+
+struct batch {
+    struct mountd *m;
+    struct ofile *of; /* holds a reference */
+    uint64_t first;
+    uint32_t n;
+    uint64_t version, expect_size;
+    int64_t expect_mtime_ns;
+    int pending; /* replies outstanding; atomic */
+    int err;
+    uint8_t *data;
+    uint32_t got[BATCH_MAX];
+    struct slot slots[BATCH_MAX];
+};
+
+static void batch_finish(struct batch *b)
+{
+    struct mountd *m = b->m;
+    struct ofile *of = b->of;
+
+    pthread_mutex_lock(&of->lock);
+    if (of->version == b->version) {
+        for (uint32_t i = 0; i < b->n; i++) {
+            uint64_t blk = b->first + i;
+            uint64_t off = blk * FS_BLOCK_SIZE;
+            uint32_t want = (uint32_t)(of->size - off < FS_BLOCK_SIZE ? of->size - off
+                                                                       : FS_BLOCK_SIZE);
+            int err = b->err;
+            if (err == 0 && b->got[i] != want)
+                err = CHANGED; /* short: the file shrank under us */
+            if (err == 0 &&
+                pwrite(of->fd, b->data + (size_t)i * FS_BLOCK_SIZE, want, (off_t)off) !=
+                    (ssize_t)want)
+                err = -EIO;
+            if (err != 0) {
+                of->state[blk] = B_MISSING;
+                of->err = err;
+                if (err == CHANGED)
+                    of->changed = true;
+                if (err == -ESTALE)
+                    of->have_handle = false;
+                continue;
+            }
+            struct idx_block row = {.file = of->id, .blkno = blk, .version = of->version,
+                                    .len = want, .cached = true};
+            fs_cache_hash(b->data + (size_t)i * FS_BLOCK_SIZE, want, row.hash);
+            memcpy(of->hash[blk], row.hash, 16);
+            of->state[blk] = B_VERIFIED;
+            FS_STAT_ADD(&m->st, bytes_fetched, want);
+            FS_STAT_ADD(&m->st, blocks_fetched, 1);
+            queue_block(m, &row);
+        }
+        if (b->err == CHANGED)
+            FS_STAT_ADD(&m->st, changed_underneath, 1);
+    }
+    pthread_cond_broadcast(&of->cond);
+    pthread_mutex_unlock(&of->lock);
+    of_put(m, of);
+    free(b->data);
+    free(b);
+}
+
+static void fetch_read_done(void *arg, int err, const uint8_t *data, uint32_t n)
+{
+    struct slot *s = arg;
+    struct batch *b = s->b;
+
+    if (err != 0 && b->err == 0)
+        b->err = err;
+    if (err == 0) {
+        if (n > FS_BLOCK_SIZE)
+            n = FS_BLOCK_SIZE;
+        memcpy(b->data + (size_t)s->i * FS_BLOCK_SIZE, data, n);
+        b->got[s->i] = n;
+    }
+    if (__atomic_sub_fetch(&b->pending, 1, __ATOMIC_ACQ_REL) == 0)
+        batch_finish(b);
+}
+
+static void fetch_attr_done(void *arg, int err, const struct tun_sftp_attr *a)
+{
+    struct batch *b = arg;
+
+    if (err != 0 && b->err == 0)
+        b->err = err;
+    if (err == 0 && b->err == 0 &&
+        (a->size != b->expect_size || (int64_t)a->mtime * 1000000000 != b->expect_mtime_ns))
+        b->err = CHANGED;
+    if (__atomic_sub_fetch(&b->pending, 1, __ATOMIC_ACQ_REL) == 0)
+        batch_finish(b);
+}
+
+/* Send one batch for blocks [first, first+n), all marked B_FETCHING by the caller.
+ * Called without of->lock. On failure the blocks are put back to B_MISSING. */
+static int send_batch(struct mountd *m, struct ofile *of, uint64_t first, uint32_t n)
+{
+    struct batch *b = calloc(1, sizeof(*b));
+    struct tun_sftp_handle h;
+    int r = -ENOMEM;
+
+    pthread_mutex_lock(&of->lock);
+    h = of->h;
+    pthread_mutex_unlock(&of->lock);
+    if (b == NULL || (b->data = malloc((size_t)n * FS_BLOCK_SIZE)) == NULL)
+        goto fail;
+    b->m = m;
+    b->of = of;
+    b->first = first;
+    b->n = n;
+    pthread_mutex_lock(&of->lock);
+    b->version = of->version;
+    b->expect_size = of->size;
+    b->expect_mtime_ns = of->mtime_ns;
+    pthread_mutex_unlock(&of->lock);
+    pthread_mutex_lock(&m->of_lock);
+    of->refs++;
+    pthread_mutex_unlock(&m->of_lock);
+    /* count every reply before the first can arrive */
+    b->pending = (int)n + 1;
+    for (uint32_t i = 0; i < n; i++) {
+        b->slots[i].b = b;
+        b->slots[i].i = i;
+        r = tun_sftp_read_async(m->sftp, &h, (first + i) * FS_BLOCK_SIZE, FS_BLOCK_SIZE,
+                                fetch_read_done, &b->slots[i]);
+        if (r != 0) {
+            /* the owner thread may already be completing earlier slots: account for the
+             * unsent ones through the same path */
+            for (uint32_t j = i; j < n; j++)
+                fetch_read_done(&b->slots[j], r, NULL, 0);
+            fetch_attr_done(b, r, NULL);
+            return r;
+        }
+    }
+    r = tun_sftp_fstat_async(m->sftp, &h, fetch_attr_done, b);
+    if (r != 0)
+        fetch_attr_done(b, r, NULL);
+    return r;
+fail:
+    if (b)
+        free(b->data);
+    free(b);
+    pthread_mutex_lock(&of->lock);
+    for (uint32_t i = 0; i < n; i++)
+        of->state[first + i] = B_MISSING;
+    pthread_cond_broadcast(&of->cond);
+    pthread_mutex_unlock(&of->lock);
+    return r;
+}
+
+/* Send batches for the runs of blocks in list[0..n) (sorted). */
+static int send_runs(struct mountd *m, struct ofile *of, const uint64_t *list, size_t n)
+{
+    size_t i = 0;
+    int r = 0;
+
+    while (i < n) {
+        size_t j = i + 1;
+        while (j < n && list[j] == list[j - 1] + 1 && j - i < BATCH_MAX)
+            j++;
+        int e = send_batch(m, of, list[i], (uint32_t)(j - i));
+        if (e != 0 && r == 0)
+            r = e;
+        i = j;
+    }
+    return r;
+}
+
+/* The server copy changed: learn the new version (one round trip), reset the ofile to it. */
+static int of_revalidate(struct mountd *m, struct ofile *of)
+{
+    struct idx_file f, cur;
+    int r;
+
+    if ((r = idx_get(m->idx, of->id, &f)) != 0)
+        return r;
+    if ((r = fetch_entry(m, f.parent, f.name, &cur)) != 0)
+        return r;
+    pthread_mutex_lock(&of->lock);
+    if (of->version != cur.version) {
+        r = of_load(m, of, &cur);
+    } else {
+        /* same identity: the change was only a touch of the mtime within one version */
+        of->changed = false;
+    }
+    of->have_handle = false; /* reopen: a handle follows the old inode after a replace */
+    pthread_mutex_unlock(&of->lock);
+    queue_inval(m, (fuse_ino_t)of->id);
+    return r;
+}
+
+/* Bytes [off, off+n) of block blk are in the cache file and match their hash? Called with
+ * of->lock held. Verifies B_CACHED blocks once; a mismatch makes them B_MISSING. */
+static void verify_block(struct mountd *m, struct ofile *of, uint64_t blk)
+{
+    uint8_t *tmp, h[16];
+    uint64_t off = blk * FS_BLOCK_SIZE;
+    size_t want = (size_t)(of->size - off < FS_BLOCK_SIZE ? of->size - off : FS_BLOCK_SIZE);
+
+    if ((tmp = malloc(FS_BLOCK_SIZE)) == NULL) {
+        of->state[blk] = B_MISSING;
+        return;
+    }
+    if (pread(of->fd, tmp, want, (off_t)off) == (ssize_t)want) {
+        fs_cache_hash(tmp, want, h);
+        if (memcmp(h, of->hash[blk], 16) == 0) {
+            of->state[blk] = B_VERIFIED;
+            free(tmp);
+            return;
+        }
+    }
+    free(tmp);
+    FS_STAT_ADD(&m->st, verify_failures, 1);
+    logmsg(m, "cached block %" PRIu64 " of file %" PRId64 " failed its hash: refetching", blk,
+           of->id);
+    of->state[blk] = B_MISSING;
+}
+
+static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                     struct fuse_file_info *fi)
+{
+    struct mountd *m = M(req);
+    struct ofile *of = (struct ofile *)(uintptr_t)fi->fh;
+    uint64_t *need = NULL, *ra = NULL;
+    int r = 0, tries = 0;
+    int64_t limit = (int64_t)m->o.sftp.op_timeout_ms * 1000000 * 4;
+
+    (void)ino;
+    need = malloc((size / FS_BLOCK_SIZE + 2 + RA_MAX) * sizeof(*need));
+    ra = need ? need + size / FS_BLOCK_SIZE + 2 : NULL;
+    if (need == NULL) {
+        fuse_reply_err(req, ENOMEM);
+        return;
+    }
+again:
+    pthread_mutex_lock(&of->lock);
+    if (of->changed) {
+        pthread_mutex_unlock(&of->lock);
+        if (++tries > FETCH_TRIES || (r = of_revalidate(m, of)) != 0)
+            goto fail;
+        goto again;
+    }
+    if ((uint64_t)off >= of->size || size == 0) {
+        pthread_mutex_unlock(&of->lock);
+        fuse_reply_buf(req, NULL, 0);
+        free(need);
+        return;
+    }
+    uint64_t end = (uint64_t)off + size > of->size ? of->size : (uint64_t)off + size;
+    uint64_t b0 = (uint64_t)off / FS_BLOCK_SIZE, b1 = (end - 1) / FS_BLOCK_SIZE;
+    size_t n_need = 0, n_ra = 0;
+    for (uint64_t b = b0; b <= b1; b++) {
+        if (of->state[b] == B_CACHED)
+            verify_block(m, of, b);
+        if (of->state[b] == B_MISSING) {
+            of->state[b] = B_FETCHING;
+            need[n_need++] = b;
+        }
+    }
+    if (tries == 0) {
+        FS_STAT_ADD(&m->st, cache_misses, n_need);
+        FS_STAT_ADD(&m->st, cache_hits, (b1 - b0 + 1) - n_need);
+        /* sequential reader: grow a read-ahead window past the requested blocks */
+        if (b0 > 0 && (b0 == of->next_seq || b0 + 1 == of->next_seq))
+            of->ra = of->ra ? (of->ra * 2 > RA_MAX ? RA_MAX : of->ra * 2) : RA_START;
+        else if (b0 != 0)
+            of->ra = 0;
+        else
+            of->ra = of->ra ? of->ra : 0;
+        of->next_seq = b1 + 1;
+        if (of->ra) {
+            uint64_t from = of->ra_next > b1 + 1 ? of->ra_next : b1 + 1;
+            uint64_t to = b1 + of->ra < of->nblocks ? b1 + of->ra : of->nblocks - 1;
+            for (uint64_t b = from; b <= to && n_ra < RA_MAX; b++) {
+                if (of->state[b] == B_CACHED)
+                    continue; /* verified when read */
+                if (of->state[b] == B_MISSING) {
+                    of->state[b] = B_FETCHING;
+                    ra[n_ra++] = b;
+                }
+            }
+            if (to + 1 > of->ra_next)
+                of->ra_next = to + 1;
+        }
+    }
+    pthread_mutex_unlock(&of->lock);
+
+    if (n_need + n_ra > 0) {
+        r = of_handle(m, of);
+        if (r != 0) {
+            pthread_mutex_lock(&of->lock);
+            for (size_t i = 0; i < n_need; i++)
+                of->state[need[i]] = B_MISSING;
+            for (size_t i = 0; i < n_ra; i++)
+                of->state[ra[i]] = B_MISSING;
+            pthread_cond_broadcast(&of->cond);
+            pthread_mutex_unlock(&of->lock);
+            goto fail;
+        }
+        send_runs(m, of, need, n_need);
+        FS_STAT_ADD(&m->st, readahead_blocks, n_ra);
+        send_runs(m, of, ra, n_ra);
+    }
+
+    /* wait until every block of the range is settled */
+    int64_t t0 = wall_ns();
+    pthread_mutex_lock(&of->lock);
+    for (;;) {
+        bool busy = false, missing = false;
+        for (uint64_t b = b0; b <= b1; b++) {
+            if (of->state[b] == B_FETCHING)
+                busy = true;
+            else if (of->state[b] == B_MISSING)
+                missing = true;
+        }
+        if (!busy && !missing)
+            break;
+        if (!busy && missing) {
+            int err = of->err;
+            pthread_mutex_unlock(&of->lock);
+            if (++tries > FETCH_TRIES) {
+                r = err ? err : -EIO;
+                goto fail;
+            }
+            goto again;
+        }
+        if (wall_ns() - t0 > limit) {
+            pthread_mutex_unlock(&of->lock);
+            r = -EIO;
+            goto fail;
+        }
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 50 * 1000000;
+        if (ts.tv_nsec >= 1000000000) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000;
+        }
+        pthread_cond_timedwait(&of->cond, &of->lock, &ts);
+    }
+    int fd = of->fd;
+    pthread_mutex_unlock(&of->lock);
+    free(need);
+
+    struct fuse_bufvec bv = FUSE_BUFVEC_INIT(end - (uint64_t)off);
+    bv.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+    bv.buf[0].fd = fd;
+    bv.buf[0].pos = off;
+    fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
+    return;
+fail:
+    free(need);
+    if (r == CHANGED)
+        r = -EIO;
+    logmsg(m, "cannot read file %" PRId64 " at %lld: %s", of->id, (long long)off,
+           strerror(-r == EAGAIN ? EIO : -r));
+    reply_err(req, r);
+}
+
+static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
+{
+    (void)ino, (void)nlookup;
+    fuse_reply_none(req);
+}
+
+static void op_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets)
+{
+    (void)count, (void)forgets;
+    fuse_reply_none(req);
+}
+
+static void op_init(void *userdata, struct fuse_conn_info *conn)
+{
+    (void)userdata;
+    if (conn->capable & FUSE_CAP_SPLICE_WRITE)
+        conn->want |= FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE;
+    if (conn->capable & FUSE_CAP_READDIRPLUS)
+        conn->want |= FUSE_CAP_READDIRPLUS;
+    conn->want &= ~FUSE_CAP_READDIRPLUS_AUTO;
+    if (conn->capable & FUSE_CAP_CACHE_SYMLINKS)
+        conn->want |= FUSE_CAP_CACHE_SYMLINKS;
+    conn->want |= FUSE_CAP_AUTO_INVAL_DATA;
+}
+
+static const struct fuse_lowlevel_ops ops = {
+    .init = op_init,
+    .lookup = op_lookup,
+    .forget = op_forget,
+    .forget_multi = op_forget_multi,
+    .getattr = op_getattr,
+    .readlink = op_readlink,
+    .open = op_open,
+    .read = op_read,
+    .release = op_release,
+    .opendir = op_opendir,
+    .readdir = op_readdir,
+    .readdirplus = op_readdirplus,
+    .releasedir = op_releasedir,
+    .statfs = op_statfs,
+};
+
+/* ---- options, paths, startup ---- */
+
+static const char *const known_opts[] = {
+    "ro", "allow_other", "allow_root", "default_permissions", "nosuid", "nodev", "noexec",
+    "noatime", "relatime", "auto_unmount", "reconnect", NULL,
+};
+
+int fs_mount_check_opt(const char *opt)
+{
+    for (int i = 0; known_opts[i]; i++)
+        if (strcmp(opt, known_opts[i]) == 0)
+            return 1;
+    return 0;
+}
+
+const char *fs_mount_known_opts(void)
+{
+    return "ro, allow_other, allow_root, default_permissions, nosuid, nodev, noexec, noatime, "
+           "relatime, auto_unmount, reconnect";
+}
+
+static uint64_t fnv1a(const char *s)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (; *s; s++)
+        h = (h ^ (uint8_t)*s) * 1099511628211ULL;
+    return h;
+}
+
+int fs_mount_stats_path(const char *mountpoint, char *out, size_t len)
+{
+    char real[PATH_MAX];
+    const char *base;
+    const char *rt = getenv("XDG_RUNTIME_DIR");
+
+    if (realpath(mountpoint, real) == NULL)
+        snprintf(real, sizeof(real), "%s", mountpoint);
+    if (geteuid() == 0)
+        base = "/run/offload";
+    else if (rt && *rt)
+        base = rt;
+    else
+        base = "/tmp";
+    int n = snprintf(out, len, "%s/%smnt-%016" PRIx64 ".sock", base,
+                     geteuid() == 0 || (rt && *rt) ? "" : "offload-", fnv1a(real));
+    return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
+}
+
+static int mkdirs(const char *path, mode_t mode)
+{
+    char tmp[PATH_MAX];
+    snprintf(tmp, sizeof(tmp), "%s", path);
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p == '/') {
+            *p = '\0';
+            if (mkdir(tmp, mode) != 0 && errno != EEXIST)
+                return -errno;
+            *p = '/';
+        }
+    }
+    if (mkdir(tmp, mode) != 0 && errno != EEXIST)
+        return -errno;
+    return 0;
+}
+
+static bool is_mountpoint(const char *real)
+{
+    FILE *f = fopen("/proc/self/mountinfo", "r");
+    char line[8192];
+    bool yes = false;
+
+    if (f == NULL)
+        return false;
+    while (!yes && fgets(line, sizeof(line), f)) {
+        char mp[PATH_MAX];
+        if (sscanf(line, "%*s %*s %*s %*s %4095s", mp) == 1) {
+            /* mountinfo escapes spaces as \040 */
+            char un[PATH_MAX], *o = un;
+            for (char *p = mp; *p && o < un + sizeof(un) - 1; p++) {
+                if (p[0] == '\\' && p[1] >= '0' && p[1] <= '3' && p[2] && p[3]) {
+                    *o++ = (char)((p[1] - '0') * 64 + (p[2] - '0') * 8 + (p[3] - '0'));
+                    p += 3;
+                } else {
+                    *o++ = *p;
+                }
+            }
+            *o = '\0';
+            yes = strcmp(un, real) == 0;
+        }
+    }
+    fclose(f);
+    return yes;
+}
+
+static void stats_extra(void *arg, char *out, size_t len)
+{
+    struct mountd *m = arg;
+    struct tun_sftp_stats s;
+    long rss = 0, hwm = 0;
+    char line[256];
+    FILE *f = fopen("/proc/self/status", "r");
+
+    while (f && fgets(line, sizeof(line), f)) {
+        sscanf(line, "VmRSS: %ld", &rss);
+        sscanf(line, "VmHWM: %ld", &hwm);
+    }
+    if (f)
+        fclose(f);
+    tun_sftp_get_stats(m->sftp, &s);
+    snprintf(out, len,
+             ",\"round_trips\":%llu,\"bytes_in\":%llu,\"bytes_out\":%llu,\"reconnects\":%llu,"
+             "\"timeouts\":%llu,\"connected\":%s,\"cached_bytes\":%llu,\"cache_budget\":%llu,"
+             "\"pid\":%d,\"rss_kb\":%ld,\"peak_rss_kb\":%ld,\"server\":\"%s\",\"root\":\"%s\","
+             "\"cache_dir\":\"%s\"",
+             (unsigned long long)s.requests, (unsigned long long)s.bytes_in,
+             (unsigned long long)s.bytes_out, (unsigned long long)s.reconnects,
+             (unsigned long long)s.timeouts, s.connected ? "true" : "false",
+             (unsigned long long)idx_cached_bytes(m->idx), (unsigned long long)m->budget,
+             (int)getpid(), rss, hwm, m->o.sftp.ssh.dest, m->root, m->cache_dir);
+}
+
+static void report(int fd, char c)
+{
+    if (fd >= 0) {
+        ssize_t w = write(fd, &c, 1);
+        (void)w;
+        close(fd);
+    }
+}
+
+static int open_cache(struct mountd *m)
+{
+    char dbpath[PATH_MAX + 16], owner[PATH_MAX + 600], want[PATH_MAX + 600];
+    int r;
+
+    snprintf(want, sizeof(want), "%s:%s", m->o.sftp.ssh.dest, m->root);
+    if (m->o.cache_dir) {
+        snprintf(m->cache_dir, sizeof(m->cache_dir), "%s", m->o.cache_dir);
+    } else {
+        const char *home = getenv("HOME");
+        snprintf(m->cache_dir, sizeof(m->cache_dir), "%s/.cache/offload/mounts/%016" PRIx64,
+                 home && *home ? home : "/tmp", fnv1a(want));
+    }
+    snprintf(dbpath, sizeof(dbpath), "%s/data", m->cache_dir);
+    if ((r = mkdirs(dbpath, 0700)) != 0) {
+        fprintf(stderr, "offload: cannot create cache dir '%s': %s\n", m->cache_dir, strerror(-r));
+        return r;
+    }
+    snprintf(dbpath, sizeof(dbpath), "%s/index.db", m->cache_dir);
+    if ((r = idx_open(dbpath, &m->idx)) != 0) {
+        fprintf(stderr, "offload: cannot open the block index '%s': %s\n", dbpath, strerror(-r));
+        return r;
+    }
+    if (idx_meta_get(m->idx, "remote", owner, sizeof(owner)) == 0 && strcmp(owner, want) != 0) {
+        fprintf(stderr, "offload: cache dir '%s' belongs to '%s', not '%s': give another "
+                        "--cache-dir or remove it\n",
+                m->cache_dir, owner, want);
+        return -EEXIST;
+    }
+    return idx_meta_set(m->idx, "remote", want);
+}
+
+int fs_mount_run(const struct fs_mount_opts *o, int ready_fd)
+{
+    struct mountd *m = calloc(1, sizeof(*m));
+    char err[1024], real_mp[PATH_MAX], sock[PATH_MAX], fsname[PATH_MAX + 600], mopts[PATH_MAX + 2048];
+    struct tun_sftp_attr ra;
+    struct idx_file root;
+    struct stat st;
+    int r, status = 1;
+    bool mounted = false, signals = false;
+
+    if (m == NULL) {
+        report(ready_fd, '1');
+        return 1;
+    }
+    m->o = *o;
+    m->ttl_ns = (int64_t)(o->attr_ttl_ms < 0 ? 20000 : o->attr_ttl_ms) * 1000000;
+    m->ttl_s = (double)m->ttl_ns / 1e9;
+    m->budget = o->cache_size ? o->cache_size : 10ULL << 30;
+    pthread_mutex_init(&m->of_lock, NULL);
+    pthread_mutex_init(&m->bg_lock, NULL);
+    pthread_cond_init(&m->bg_cond, NULL);
+
+    /* the mountpoint first: the cheapest check */
+    if (realpath(o->mountpoint, real_mp) == NULL || stat(real_mp, &st) != 0) {
+        fprintf(stderr, "offload: cannot mount on '%s': %s\n", o->mountpoint, strerror(errno));
+        goto out;
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        fprintf(stderr, "offload: cannot mount on '%s': not a directory\n", o->mountpoint);
+        goto out;
+    }
+    if (is_mountpoint(real_mp)) {
+        fprintf(stderr, "offload: cannot mount on '%s': mountpoint is busy (already a mount)\n",
+                o->mountpoint);
+        goto out;
+    }
+
+    if ((r = tun_sftp_start(&o->sftp, &m->sftp, err, sizeof(err))) != 0) {
+        fprintf(stderr, "offload: %s\n", err);
+        goto out;
+    }
+    if ((r = tun_sftp_realpath(m->sftp, o->remote_path[0] ? o->remote_path : ".", m->root,
+                               sizeof(m->root))) != 0 ||
+        (r = tun_sftp_stat(m->sftp, m->root, &ra)) != 0) {
+        fprintf(stderr, "offload: cannot mount '%s:%s': %s\n", o->sftp.ssh.dest, o->remote_path,
+                strerror(r == -ENODATA ? ENOENT : -r));
+        goto out;
+    }
+    if (!S_ISDIR(ra.perm)) {
+        fprintf(stderr, "offload: cannot mount '%s:%s': not a directory\n", o->sftp.ssh.dest,
+                o->remote_path);
+        goto out;
+    }
+    if (open_cache(m) != 0)
+        goto out;
+    memset(&root, 0, sizeof(root));
+    root.parent = 0;
+    attr_to_file(&ra, wall_ns(), &root);
+    root.list_time_ns = 0;
+    if ((r = meta_put(m, &root)) != 0 || root.id != IDX_ROOT_ID) {
+        fprintf(stderr, "offload: cannot record the root in the index (%d)\n", r);
+        goto out;
+    }
+    /* a listing cached by an earlier mount is not trusted past the TTL: it is old now */
+    idx_set_listed(m->idx, IDX_ROOT_ID, 0);
+
+    if (o->stats_socket)
+        snprintf(sock, sizeof(sock), "%s", o->stats_socket);
+    else
+        fs_mount_stats_path(real_mp, sock, sizeof(sock));
+    {
+        char dir[PATH_MAX];
+        snprintf(dir, sizeof(dir), "%s", sock);
+        char *slash = strrchr(dir, '/');
+        if (slash && slash != dir) {
+            *slash = '\0';
+            mkdirs(dir, 0755);
+        }
+    }
+    if ((r = fs_stats_serve(sock, &m->st, stats_extra, m, &m->srv)) != 0)
+        fprintf(stderr, "offload: cannot serve counters on '%s': %s (going on)\n", sock,
+                strerror(-r));
+
+    snprintf(fsname, sizeof(fsname), "fsname=offload:%s:%s,subtype=offload", o->sftp.ssh.dest,
+             m->root);
+    /* commas in fsname would split the option list */
+    for (char *p = fsname + 7; *p && strncmp(p, ",subtype", 8) != 0; p++)
+        if (*p == ',')
+            *p = '_';
+    snprintf(mopts, sizeof(mopts), "%s,ro,default_permissions,nosuid,nodev%s%s%s", fsname,
+             geteuid() == 0 ? ",allow_other" : "", o->fuse_opts && *o->fuse_opts ? "," : "",
+             o->fuse_opts ? o->fuse_opts : "");
+    char *argv[] = {"offload", "-o", mopts, o->debug ? "-d" : NULL, NULL};
+    struct fuse_args args = FUSE_ARGS_INIT(o->debug ? 4 : 3, argv);
+    m->se = fuse_session_new(&args, &ops, sizeof(ops), m);
+    if (m->se == NULL) {
+        fprintf(stderr, "offload: cannot create the FUSE session (options '%s')\n", mopts);
+        goto out;
+    }
+    if (fuse_set_signal_handlers(m->se) != 0)
+        goto out;
+    signals = true;
+    if (fuse_session_mount(m->se, real_mp) != 0) {
+        fprintf(stderr, "offload: cannot mount on '%s' (is /dev/fuse there? as a user, is "
+                        "user_allow_other set when needed?)\n",
+                o->mountpoint);
+        goto out;
+    }
+    mounted = true;
+    pthread_create(&m->flusher, NULL, flusher_main, m);
+    pthread_create(&m->invalidator, NULL, invalidator_main, m);
+    if (ready_fd >= 0) {
+        /* detached: from now on the log goes to the cache dir, the terminal is released */
+        char logpath[PATH_MAX + 16];
+        snprintf(logpath, sizeof(logpath), "%s/mountd.log", m->cache_dir);
+        int lfd = open(logpath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+        report(ready_fd, '0');
+        ready_fd = -1;
+        if (lfd >= 0) {
+            dup2(lfd, 2);
+            close(lfd);
+        }
+    }
+    logmsg(m, "mounted '%s:%s' on '%s' (cache '%s', counters '%s')", o->sftp.ssh.dest, m->root,
+           real_mp, m->cache_dir, sock);
+
+    struct fuse_loop_config cfg = {.clone_fd = 0, .max_idle_threads = 16};
+    r = fuse_session_loop_mt(m->se, &cfg);
+    status = r == 0 ? 0 : 1;
+
+    pthread_mutex_lock(&m->bg_lock);
+    m->stopping = true;
+    pthread_cond_broadcast(&m->bg_cond);
+    pthread_mutex_unlock(&m->bg_lock);
+    pthread_join(m->flusher, NULL);
+    pthread_join(m->invalidator, NULL);
+    flush_blocks(m);
+    logmsg(m, "unmounted '%s'", real_mp);
+out:
+    report(ready_fd, status == 0 ? '0' : '1');
+    if (mounted)
+        fuse_session_unmount(m->se);
+    if (signals)
+        fuse_remove_signal_handlers(m->se);
+    if (m->se)
+        fuse_session_destroy(m->se);
+    fs_stats_stop(m->srv);
+    if (m->sftp)
+        tun_sftp_stop(m->sftp);
+    if (m->idx)
+        idx_close(m->idx);
+    free(m->pend);
+    free(m->inval);
+    free(m);
+    return status;
+}

@@ -1,0 +1,45 @@
+/* stats.h - mountd's counters, and a unix socket that serves them as JSON.
+ *
+ * Counters are plain uint64_t updated with relaxed atomics by any thread. The server thread
+ * answers every connection with one JSON object (the counters, plus what the 'extra' callback
+ * appends) and closes it; the inspector and the benchmarks read it.
+ */
+#ifndef OFFLOAD_STATS_H
+#define OFFLOAD_STATS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct fs_stats {
+    uint64_t requests;      /* FUSE requests served */
+    uint64_t cache_hits;    /* blocks served from the local block cache */
+    uint64_t cache_misses;  /* blocks that had to be fetched for a reader */
+    uint64_t bytes_fetched; /* file content bytes received from the server */
+    uint64_t blocks_fetched;
+    uint64_t readahead_blocks; /* blocks fetched ahead of a sequential reader */
+    uint64_t verify_failures;  /* cached blocks whose hash did not match: dropped, refetched */
+    uint64_t changed_underneath; /* fetches discarded because the file changed on the server */
+    uint64_t meta_fetches;  /* lstat/readdir/readlink answered by the server (not the index) */
+};
+
+#define FS_STAT_ADD(st, field, n) __atomic_add_fetch(&(st)->field, (n), __ATOMIC_RELAXED)
+
+typedef struct fs_stats_server fs_stats_server_t;
+
+/* Append JSON members (each preceded by a comma) describing the caller's own state. */
+typedef void (*fs_stats_extra_fn)(void *arg, char *out, size_t len);
+
+/* Listen on 'path' (replacing a stale socket, mode 0600) and serve JSON from a thread.
+ * Returns 0 or a negative errno. */
+int fs_stats_serve(const char *path, struct fs_stats *st, fs_stats_extra_fn extra, void *arg,
+                   fs_stats_server_t **out);
+/* Stop serving and unlink the socket. */
+void fs_stats_stop(fs_stats_server_t *srv);
+
+/* Format the counters as JSON members (no braces) into out. */
+void fs_stats_format(const struct fs_stats *st, char *out, size_t len);
+
+/* Client side: connect to 'path', read the JSON document into out. 0 or negative errno. */
+int fs_stats_fetch(const char *path, char *out, size_t len);
+
+#endif

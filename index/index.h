@@ -1,0 +1,165 @@
+/* index.h - the SQLite block index shared by both sides of offload.
+ *
+ * One database file per side. It records, per file of a mounted or exported tree, its identity,
+ * type, mode, size, times in nanoseconds and a version that changes whenever the content identity
+ * changes; and per fixed-size block, its XXH3-128 hash, the version it belongs to and whether its
+ * bytes are held in the local block cache. The index knows nothing of FUSE or SSH.
+ *
+ * Storage: WAL journal, prepared statements, versioned schema migrations (table `meta`, key
+ * `schema_version`). Writes are batched by the caller with idx_begin()/idx_commit(); a process
+ * killed in the middle of a batch leaves the previous committed state (SQLite's atomic commit).
+ *
+ * Threads: an idx_t is one SQLite connection guarded by an internal mutex; any thread may call
+ * any function. idx_begin()/idx_commit() nest (a counter): only the outermost commit writes.
+ *
+ * Errors: functions return 0 on success or a negative errno: -ENOENT (no such row), -EIO (SQLite
+ * error, logged with the failing statement), -ENOMEM, -EINVAL (bad argument), -ENAMETOOLONG.
+ */
+#ifndef OFFLOAD_INDEX_H
+#define OFFLOAD_INDEX_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define IDX_ROOT_ID 1           /* the row id of the tree's root directory, also FUSE_ROOT_ID */
+#define IDX_NAME_MAX 255        /* longest file name component, in bytes */
+#define IDX_HASH_LEN 16         /* XXH3-128 */
+#define IDX_SCHEMA_VERSION 1
+
+typedef struct idx idx_t;
+
+struct idx_file {
+    int64_t id;       /* row id; stable across reopen; used as the FUSE inode number */
+    int64_t parent;   /* row id of the parent directory; 0 for the root */
+    char name[IDX_NAME_MAX + 1]; /* NUL-terminated component; "" for the root */
+    uint64_t dev, ino;           /* identity on the source machine */
+    uint32_t mode;               /* type and permission bits (st_mode) */
+    uint32_t uid, gid, nlink;
+    uint64_t size;
+    int64_t atime_ns, mtime_ns, ctime_ns;
+    uint64_t version;      /* changes whenever the content identity changes (see idx_put) */
+    int64_t attr_time_ns;  /* when the metadata was last confirmed from the source (TTL) */
+    int64_t list_time_ns;  /* directories: when the children were last listed; 0 = never */
+};
+
+struct idx_block {
+    int64_t file;     /* file row id */
+    uint64_t blkno;   /* block number: offset / block size */
+    uint64_t version; /* file version the block belongs to */
+    uint32_t len;     /* valid bytes in the block (the last block may be short) */
+    uint8_t hash[IDX_HASH_LEN];
+    bool cached;      /* bytes are in the local cache file for (file, version) */
+};
+
+/* Open (creating if needed) the database at 'path', enable WAL, run migrations up to
+ * IDX_SCHEMA_VERSION, create the root row if missing. A database whose schema is newer than this
+ * build is refused with -EPROTO. On success *out owns the handle; free with idx_close(). */
+int idx_open(const char *path, idx_t **out);
+
+/* Close the handle, committing nothing that was not committed (an open batch is rolled back). */
+void idx_close(idx_t *idx);
+
+/* The schema version stored in the database. */
+int idx_schema_version(idx_t *idx);
+
+/* Batches. idx_begin() opens a write transaction (or nests); idx_commit() commits the outermost;
+ * idx_rollback() abandons the whole batch. The batch belongs to the connection, not to a thread:
+ * writes from other threads while it is open become part of it. idx_commit() and idx_rollback()
+ * without an open batch return -EINVAL; a failed outermost commit rolls the batch back. */
+int idx_begin(idx_t *idx);
+int idx_commit(idx_t *idx);
+int idx_rollback(idx_t *idx);
+
+/* Free-form metadata (key/value text) for the users of the index, e.g. which remote a cache
+ * belongs to. idx_meta_get copies at most 'len' bytes including the NUL into 'val' (-ENOENT if the
+ * key is absent; -ERANGE, with the value cut short, if it did not fit). The index's own keys
+ * schema_version and next_version can be read but not set (-EINVAL). */
+int idx_meta_get(idx_t *idx, const char *key, char *val, size_t len);
+int idx_meta_set(idx_t *idx, const char *key, const char *val);
+
+/* Rows. -ENOENT if there is none; idx_lookup(0, "") is the root. */
+int idx_get(idx_t *idx, int64_t id, struct idx_file *out);
+int idx_lookup(idx_t *idx, int64_t parent, const char *name, struct idx_file *out);
+
+/* Insert or update the row (f->parent, f->name) with the metadata in *f (attr_time_ns and
+ * list_time_ns included; list_time_ns of an existing row is kept when f->list_time_ns is 0).
+ * The content identity is (type bits of mode, size, mtime_ns, ino). For a new row, f->version is
+ * set to a fresh version. For an existing row with the same content identity the version is kept;
+ * otherwise the version is set to a fresh one and every block row of the file is deleted.
+ * A fresh version is unique in the database (a counter in meta), never reused.
+ * On return f->id and f->version hold the row's values. Returns 0 if the content identity is
+ * unchanged or the row is new, 1 if it changed (the caller drops its cached bytes), or <0.
+ * A row whose type changed between directory and non-directory loses its children too.
+ * A new row needs an existing directory as parent (-ENOENT, -ENOTDIR). A name with '/', "", "."
+ * or ".." (except the root's "" under parent 0) or a mode with no valid file type is -EINVAL. */
+int idx_put(idx_t *idx, struct idx_file *f);
+
+/* Set the confirmation time of a row's metadata / directory listing. */
+int idx_touch_attr(idx_t *idx, int64_t id, int64_t attr_time_ns);
+int idx_set_listed(idx_t *idx, int64_t dir, int64_t list_time_ns);
+
+/* Delete a row, its blocks, and recursively its children and their blocks. For every deleted
+ * file row, gone(arg, id, version) is called (may be NULL) so the caller can drop cache files.
+ * gone() runs after the deletion is committed and without the index lock: before idx_delete
+ * returns when no batch is open, else at the outermost idx_commit() (never, if the batch is rolled
+ * back), so 'arg' must stay valid until then. The root cannot be deleted (-EINVAL). */
+int idx_delete(idx_t *idx, int64_t id, void (*gone)(void *arg, int64_t id, uint64_t version),
+               void *arg);
+
+/* Delete the children of 'dir' whose attr_time_ns is older than 'before_ns' (they were not seen
+ * in a listing started at before_ns), recursively, calling gone() as idx_delete does. */
+int idx_prune_children(idx_t *idx, int64_t dir, int64_t before_ns,
+                       void (*gone)(void *arg, int64_t id, uint64_t version), void *arg);
+
+/* Iterate the children of 'dir' in increasing row id, starting after row id 'after' (0 = from
+ * the first). each() returns 0 to go on, anything else to stop (that value is returned).
+ * Rows are read a page at a time and each() is called without the index lock, so it may call the
+ * index; the iteration is not a snapshot of one instant. */
+int idx_children(idx_t *idx, int64_t dir, int64_t after,
+                 int (*each)(void *arg, const struct idx_file *f), void *arg);
+
+/* Symlink targets (stored with the row; deleted with it, and cleared when idx_put changes the
+ * row's content identity). idx_set_link refuses a row that is not a symlink (-EINVAL) and a
+ * target over PATH_MAX - 1 bytes (-ENAMETOOLONG); idx_get_link is -ENOENT when none is stored. */
+int idx_set_link(idx_t *idx, int64_t id, const char *target);
+int idx_get_link(idx_t *idx, int64_t id, char *buf, size_t len); /* -ERANGE if too small */
+
+/* Blocks. idx_block_put inserts or replaces the row (file, blkno) and keeps the cached-bytes
+ * total current; it refuses (-ESTALE) a block whose version is not the file's current version.
+ * LRU: each put or touch stamps the block with a monotonically increasing use tick. */
+int idx_block_put(idx_t *idx, const struct idx_block *b);
+int idx_block_get(idx_t *idx, int64_t file, uint64_t blkno, struct idx_block *out);
+/* Mark one block not cached (its hash row stays). */
+int idx_block_uncache(idx_t *idx, int64_t file, uint64_t blkno);
+/* Delete every block row of a file. */
+int idx_blocks_drop(idx_t *idx, int64_t file);
+/* Iterate the block rows of a file at 'version', in increasing blkno (paged, as idx_children). */
+int idx_blocks(idx_t *idx, int64_t file, uint64_t version,
+               int (*each)(void *arg, const struct idx_block *b), void *arg);
+/* Mark all cached blocks of a file as just used (LRU). */
+int idx_blocks_touch(idx_t *idx, int64_t file);
+
+/* Total bytes (sum of len) of the cached blocks. Kept in memory, recomputed at open. */
+uint64_t idx_cached_bytes(idx_t *idx);
+
+/* Pins: a pinned file (an open file being read) never loses cached blocks to eviction. Counted:
+ * n pins need n unpins. In memory only. */
+void idx_pin(idx_t *idx, int64_t file);
+void idx_unpin(idx_t *idx, int64_t file);
+
+/* Evict least recently used cached blocks of unpinned files until idx_cached_bytes() <= budget,
+ * marking them not cached, in one batch that is committed before return. evicted(arg, block)
+ * is then called for each evicted block (after the commit, so a crash can only leave a block
+ * that is uncached in the index but still on disk, never the reverse); the caller punches the
+ * hole in its cache file; it runs without the index lock and gets the block as now recorded
+ * (cached false). Returns the number of blocks evicted, or <0: -EBUSY while a batch is open (the
+ * eviction could not be committed before return). */
+int idx_evict(idx_t *idx, uint64_t budget,
+              void (*evicted)(void *arg, const struct idx_block *b), void *arg);
+
+/* Run SQLite's integrity check and the index's own invariants (every block row belongs to an
+ * existing file row at its current version; the cached total matches). 0 if sound, -EIO if not. */
+int idx_check(idx_t *idx);
+
+#endif

@@ -1,0 +1,15 @@
+/* offload.h - the subcommands of the offload binary, one file each (tools/cmd_*.c). */
+#ifndef OFFLOAD_TOOLS_H
+#define OFFLOAD_TOOLS_H
+
+#include <stdint.h>
+
+int cmd_mount(int argc, char **argv);
+int cmd_inspect(int argc, char **argv);
+
+/* Parse "123", "64k", "10M", "2G", "1T" (powers of 1024). 0 or -EINVAL. */
+int parse_size(const char *s, uint64_t *out);
+/* Parse seconds, maybe fractional ("2.5") or with a unit ("500ms", "3s", "2m"), into ms. */
+int parse_duration_ms(const char *s, int *out);
+
+#endif
