@@ -1557,6 +1557,8 @@ int fs_mount_run(const struct fs_mount_opts *o, int ready_fd)
         int lfd = open(logpath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
         report(ready_fd, '0');
         ready_fd = -1;
+        if (chdir("/") != 0)
+            logmsg(m, "cannot leave the working directory: %s", strerror(errno));
         if (lfd >= 0) {
             dup2(lfd, 2);
             close(lfd);

@@ -57,6 +57,20 @@ static int check_opts(char *list)
     return ok;
 }
 
+/* Make p absolute against the working directory (without resolving links); NULL passes. */
+static int absolute(const char *p, char out[4096])
+{
+    char cwd[4096];
+
+    if (p == NULL)
+        return 0;
+    if (p[0] == '/')
+        return snprintf(out, 4096, "%s", p) >= 4096;
+    if (getcwd(cwd, sizeof(cwd)) == NULL)
+        return 1;
+    return snprintf(out, 4096, "%s/%s", cwd, p) >= 4096;
+}
+
 int cmd_mount(int argc, char **argv)
 {
     enum { O_CACHE_DIR = 256, O_CACHE_SIZE, O_ATTR_TTL, O_CONNECT_TIMEOUT, O_OP_TIMEOUT, O_STATS };
@@ -147,6 +161,19 @@ int cmd_mount(int argc, char **argv)
                 argv[optind]);
         return 2;
     }
+    /* paths are made absolute now: the daemon leaves the working directory */
+    static char abs_mp[4096], abs_cache[4096], abs_cfg[4096], abs_id[4096], abs_sock[4096];
+    if (absolute(argv[optind + 1], abs_mp) || absolute(o.cache_dir, abs_cache) ||
+        absolute(o.sftp.ssh.ssh_config, abs_cfg) || absolute(o.sftp.ssh.identity, abs_id) ||
+        absolute(o.stats_socket, abs_sock)) {
+        fprintf(stderr, "offload mount: path too long\n");
+        return 2;
+    }
+    argv[optind + 1] = abs_mp;
+    o.cache_dir = o.cache_dir ? abs_cache : NULL;
+    o.sftp.ssh.ssh_config = o.sftp.ssh.ssh_config ? abs_cfg : NULL;
+    o.sftp.ssh.identity = o.sftp.ssh.identity ? abs_id : NULL;
+    o.stats_socket = o.stats_socket ? abs_sock : NULL;
     o.sftp.ssh.dest = dest;
     o.remote_path = path;
     o.mountpoint = argv[optind + 1];
@@ -175,8 +202,6 @@ int cmd_mount(int argc, char **argv)
     }
     close(pfd[0]);
     setsid();
-    if (chdir("/") != 0)
-        _exit(1);
     int devnull = open("/dev/null", O_RDWR);
     if (devnull >= 0) {
         dup2(devnull, 0);

@@ -84,6 +84,7 @@ struct tun_sftp {
     int n_inflight;
     uint32_t next_id;
     struct buf rx;
+    size_t rx_total; /* bytes received on this connection */
     int64_t last_tx;
 };
 
@@ -956,6 +957,7 @@ static int pump_rx(tun_sftp_t *s)
         if (n == 0)
             break;
         got += (size_t)n;
+        s->rx_total += (size_t)n;
         if (buf_put(&s->rx, tmp, (size_t)n) != 0)
             return -EBADMSG;
         while (buf_avail(&s->rx) >= 4) {
@@ -1097,19 +1099,28 @@ static void *owner_main(void *arg)
             continue;
         }
 
+        uint64_t sent_before = s->next_id;
         if (flush_queue(s) != 0) {
             drop_connection(s, "write failed");
             continue;
         }
-        struct pollfd pf[2] = {{.fd = ssh_get_fd(s->ssh), .events = POLLIN},
-                               {.fd = s->efd, .events = POLLIN}};
-        int pr = poll(pf, 2, 100);
-        if (pr > 0 && (pf[1].revents & POLLIN)) {
-            uint64_t v;
-            ssize_t rr = read(s->efd, &v, sizeof(v));
-            (void)rr;
-        }
+        /* libssh may have read packets into its own buffers while writing: drain them before
+         * sleeping in poll, or the server could wait on a window we never reopen */
+        size_t rx_before = s->rx_total;
         int rx = pump_rx(s);
+        bool busy = s->next_id != sent_before || s->rx_total != rx_before;
+        if (rx == 0) {
+            struct pollfd pf[2] = {{.fd = ssh_get_fd(s->ssh), .events = POLLIN},
+                                   {.fd = s->efd, .events = POLLIN}};
+            int pr = poll(pf, 2, busy ? 0 : 100);
+            if (pr > 0 && (pf[1].revents & POLLIN)) {
+                uint64_t v;
+                ssize_t rr = read(s->efd, &v, sizeof(v));
+                (void)rr;
+            }
+            if (pr > 0 && (pf[0].revents & (POLLIN | POLLHUP | POLLERR)))
+                rx = pump_rx(s);
+        }
         if (rx == -EBADMSG) {
             drop_connection(s, "malformed sftp reply");
             continue;

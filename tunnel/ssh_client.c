@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 const char *tun_ssh_split_spec(const char *spec, char *dest, size_t destlen)
 {
@@ -191,8 +192,20 @@ int tun_ssh_connect(const struct tun_ssh_opts *o, ssh_session *out, char *err, s
         r = -EINVAL;
         goto fail;
     }
+    /* $HOME wins over the password database, as git and most tools do: a container or a
+     * test may run with a HOME of its own */
+    const char *home = getenv("HOME");
+    char sshdir[4096], cfg[4200];
+    const char *config = o->ssh_config;
+    if (home && *home) {
+        snprintf(sshdir, sizeof(sshdir), "%s/.ssh", home);
+        ssh_options_set(s, SSH_OPTIONS_SSH_DIR, sshdir);
+        snprintf(cfg, sizeof(cfg), "%s/config", sshdir);
+        if (config == NULL && access(cfg, R_OK) == 0)
+            config = cfg;
+    }
     /* config first (it only fills what is unset), explicit options after */
-    if (ssh_options_parse_config(s, o->ssh_config) != 0 && o->ssh_config) {
+    if (ssh_options_parse_config(s, config) != 0 && o->ssh_config) {
         snprintf(err, errlen, "cannot read ssh config '%s'", o->ssh_config);
         r = -EINVAL;
         goto fail;
@@ -222,8 +235,13 @@ int tun_ssh_connect(const struct tun_ssh_opts *o, ssh_session *out, char *err, s
     if (ssh_userauth_publickey_auto(s, NULL, NULL) != SSH_AUTH_SUCCESS) {
         char *user = NULL;
         ssh_options_get(s, SSH_OPTIONS_USER, &user);
-        snprintf(err, errlen, "permission denied (publickey) for '%s@%s': no identity was accepted",
-                 user ? user : "?", host);
+        if (strchr(host, '@'))
+            snprintf(err, errlen, "permission denied (publickey) for '%s': no identity was accepted",
+                     host);
+        else
+            snprintf(err, errlen,
+                     "permission denied (publickey) for '%s@%s': no identity was accepted",
+                     user ? user : "?", host);
         ssh_string_free_char(user);
         r = -EACCES;
         goto fail;
