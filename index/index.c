@@ -1,0 +1,1598 @@
+/* index.c - the SQLite block index (see index.h for the contract).
+ *
+ * Every public function takes idx->lock for its whole use of the connection and releases it before
+ * calling back into the caller (iterators, gone(), evicted()), so callbacks may call the index.
+ * A write that takes more than one statement runs as one unit: its own transaction when no batch
+ * is open, a savepoint inside a batch (op_begin/op_end). In-memory state derived from the
+ * database (the cached-bytes total) is updated as the statements run and recomputed from the
+ * database whenever a unit or a batch is rolled back.
+ */
+#include "index.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <sqlite3.h>
+
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+#define BUSY_TIMEOUT_MS     5000
+#define PAGE_ROWS           64   /* rows the iterators copy out per hold of the lock */
+#define TARGET_MAX          4095 /* longest symlink target, in bytes (PATH_MAX - 1) */
+#define PINS_MIN            16   /* first size of the pin table (a power of two) */
+#define META_SCHEMA_VERSION "schema_version"
+#define META_NEXT_VERSION   "next_version"
+
+/* Migration i brings the schema from version i to i + 1. Table meta exists before the first. */
+static const char *const migrations[] = {
+    "CREATE TABLE files ("
+    " id INTEGER PRIMARY KEY,"
+    " parent INTEGER NOT NULL,"
+    " name TEXT NOT NULL,"
+    " dev INTEGER NOT NULL DEFAULT 0,"
+    " ino INTEGER NOT NULL DEFAULT 0,"
+    " mode INTEGER NOT NULL,"
+    " uid INTEGER NOT NULL DEFAULT 0,"
+    " gid INTEGER NOT NULL DEFAULT 0,"
+    " nlink INTEGER NOT NULL DEFAULT 1,"
+    " size INTEGER NOT NULL DEFAULT 0,"
+    " atime_ns INTEGER NOT NULL DEFAULT 0,"
+    " mtime_ns INTEGER NOT NULL DEFAULT 0,"
+    " ctime_ns INTEGER NOT NULL DEFAULT 0,"
+    " version INTEGER NOT NULL,"
+    " attr_time_ns INTEGER NOT NULL DEFAULT 0,"
+    " list_time_ns INTEGER NOT NULL DEFAULT 0,"
+    " link_target TEXT,"
+    " UNIQUE (parent, name));"
+    "CREATE INDEX files_parent ON files (parent);"
+    "CREATE TABLE blocks ("
+    " file INTEGER NOT NULL REFERENCES files (id) ON DELETE CASCADE,"
+    " blkno INTEGER NOT NULL,"
+    " version INTEGER NOT NULL,"
+    " len INTEGER NOT NULL,"
+    " hash BLOB NOT NULL,"
+    " cached INTEGER NOT NULL DEFAULT 0,"
+    " last_used INTEGER NOT NULL DEFAULT 0,"
+    " PRIMARY KEY (file, blkno));"
+    "CREATE INDEX blocks_lru ON blocks (cached, last_used);"
+    "INSERT INTO meta (key, value) VALUES ('" META_NEXT_VERSION "', '1');",
+};
+_Static_assert(ARRAY_SIZE(migrations) == IDX_SCHEMA_VERSION, "one migration per schema version");
+
+#define FILE_COLS                                                                                  \
+    "id, parent, name, dev, ino, mode, uid, gid, nlink, size, atime_ns, mtime_ns, ctime_ns, "      \
+    "version, attr_time_ns, list_time_ns"
+#define BLOCK_COLS "file, blkno, version, len, hash, cached"
+#define SUBTREE(seed)                                                                              \
+    "WITH RECURSIVE sub (id) AS (" seed " UNION SELECT f.id FROM files f JOIN sub ON f.parent = "  \
+    "sub.id) SELECT files.id, files.version FROM files JOIN sub ON files.id = sub.id"
+
+enum stmt {
+    S_BEGIN,
+    S_COMMIT,
+    S_ROLLBACK,
+    S_SAVEPOINT,
+    S_RELEASE,
+    S_ROLLBACK_TO,
+    S_META_GET,
+    S_META_SET,
+    S_FILE_GET,
+    S_FILE_LOOKUP,
+    S_FILE_VERSION,
+    S_FILE_INSERT,
+    S_ROOT_INSERT,
+    S_FILE_UPDATE,
+    S_FILE_DELETE,
+    S_FILE_TOUCH,
+    S_FILE_LISTED,
+    S_LINK_SET,
+    S_LINK_GET,
+    S_CHILDREN,
+    S_SUBTREE,
+    S_STALE_CHILDREN,
+    S_DESCENDANTS,
+    S_FILE_CACHED_SUM,
+    S_BLOCKS_DROP,
+    S_BLOCK_GET,
+    S_BLOCK_PUT,
+    S_BLOCK_UNCACHE,
+    S_BLOCKS_LIST,
+    S_BLOCKS_TOUCH,
+    S_LRU,
+    S_CACHED_SUM,
+    S_MAX_TICK,
+    S_CHECK_INTEGRITY,
+    S_CHECK_BLOCKS,
+    S_CHECK_ORPHANS,
+    S_COUNT
+};
+
+/* 'what' names the statement in error messages: "index: <what>: <sqlite message>".
+ * "+cached" keeps the planner on the (file, blkno) key for one file's blocks: blocks_lru would
+ * scan every cached block of the cache. */
+static const struct {
+    const char *what;
+    const char *sql;
+} stmts[S_COUNT] = {
+    [S_BEGIN] = {"begin batch", "BEGIN IMMEDIATE"},
+    [S_COMMIT] = {"commit batch", "COMMIT"},
+    [S_ROLLBACK] = {"roll back batch", "ROLLBACK"},
+    [S_SAVEPOINT] = {"open savepoint", "SAVEPOINT op"},
+    [S_RELEASE] = {"release savepoint", "RELEASE op"},
+    [S_ROLLBACK_TO] = {"roll back savepoint", "ROLLBACK TO op"},
+    [S_META_GET] = {"read meta", "SELECT value FROM meta WHERE key = ?1"},
+    [S_META_SET] = {"write meta", "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)"},
+    [S_FILE_GET] = {"read file row", "SELECT " FILE_COLS " FROM files WHERE id = ?1"},
+    [S_FILE_LOOKUP] = {"look up file row",
+                       "SELECT " FILE_COLS " FROM files WHERE parent = ?1 AND name = ?2"},
+    [S_FILE_VERSION] = {"read file version", "SELECT version FROM files WHERE id = ?1"},
+    [S_FILE_INSERT] = {"insert file row",
+                       "INSERT INTO files (parent, name, dev, ino, mode, uid, gid, nlink, size, "
+                       "atime_ns, mtime_ns, ctime_ns, version, attr_time_ns, list_time_ns) "
+                       "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"},
+    [S_ROOT_INSERT] = {"insert root row",
+                       "INSERT INTO files (id, parent, name, mode, nlink, version) "
+                       "VALUES (1, 0, '', ?1, 2, ?2)"},
+    [S_FILE_UPDATE] = {"update file row",
+                       "UPDATE files SET dev = ?3, ino = ?4, mode = ?5, uid = ?6, gid = ?7, "
+                       "nlink = ?8, size = ?9, atime_ns = ?10, mtime_ns = ?11, ctime_ns = ?12, "
+                       "version = ?13, attr_time_ns = ?14, list_time_ns = ?15, "
+                       "link_target = CASE WHEN ?2 THEN NULL ELSE link_target END WHERE id = ?1"},
+    [S_FILE_DELETE] = {"delete file row", "DELETE FROM files WHERE id = ?1"},
+    [S_FILE_TOUCH] = {"touch file row", "UPDATE files SET attr_time_ns = ?2 WHERE id = ?1"},
+    [S_FILE_LISTED] = {"mark directory listed", "UPDATE files SET list_time_ns = ?2 WHERE id = ?1"},
+    [S_LINK_SET] = {"write link target", "UPDATE files SET link_target = ?2 WHERE id = ?1"},
+    [S_LINK_GET] = {"read link target", "SELECT link_target FROM files WHERE id = ?1"},
+    [S_CHILDREN] = {"list children", "SELECT " FILE_COLS " FROM files "
+                                     "WHERE parent = ?1 AND id > ?2 ORDER BY id LIMIT ?3"},
+    [S_SUBTREE] = {"collect subtree", SUBTREE("SELECT id FROM files WHERE id = ?1")},
+    [S_STALE_CHILDREN] = {"collect stale children",
+                          SUBTREE("SELECT id FROM files WHERE parent = ?1 AND attr_time_ns < ?2")},
+    [S_DESCENDANTS] = {"collect descendants", SUBTREE("SELECT id FROM files WHERE parent = ?1")},
+    [S_FILE_CACHED_SUM] =
+        {"sum cached blocks of file",
+         "SELECT COALESCE(SUM(len), 0) FROM blocks WHERE file = ?1 AND +cached = 1"},
+    [S_BLOCKS_DROP] = {"drop blocks of file", "DELETE FROM blocks WHERE file = ?1"},
+    [S_BLOCK_GET] = {"read block row",
+                     "SELECT " BLOCK_COLS " FROM blocks WHERE file = ?1 AND blkno = ?2"},
+    [S_BLOCK_PUT] = {"write block row",
+                     "INSERT OR REPLACE INTO blocks (file, blkno, version, len, hash, cached, "
+                     "last_used) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"},
+    [S_BLOCK_UNCACHE] = {"uncache block", "UPDATE blocks SET cached = 0 "
+                                          "WHERE file = ?1 AND blkno = ?2 AND cached = 1"},
+    [S_BLOCKS_LIST] = {"list blocks",
+                       "SELECT " BLOCK_COLS " FROM blocks WHERE file = ?1 AND version = ?2 "
+                       "AND blkno > ?3 ORDER BY blkno LIMIT ?4"},
+    [S_BLOCKS_TOUCH] = {"touch blocks",
+                        "UPDATE blocks SET last_used = ?2 WHERE file = ?1 AND +cached = 1"},
+    [S_LRU] = {"scan least recently used blocks",
+               "SELECT " BLOCK_COLS " FROM blocks WHERE cached = 1 ORDER BY last_used"},
+    [S_CACHED_SUM] = {"sum cached blocks",
+                      "SELECT COALESCE(SUM(len), 0) FROM blocks WHERE cached = 1"},
+    [S_MAX_TICK] = {"read last use tick", "SELECT COALESCE(MAX(last_used), 0) FROM blocks"},
+    [S_CHECK_INTEGRITY] = {"check integrity", "PRAGMA integrity_check"},
+    [S_CHECK_BLOCKS] = {"check blocks",
+                        "SELECT COUNT(*) FROM blocks b LEFT JOIN files f ON f.id = b.file "
+                        "WHERE f.id IS NULL OR f.version != b.version "
+                        "OR length(b.hash) != " /* IDX_HASH_LEN */ "16 OR b.cached NOT IN (0, 1)"},
+    [S_CHECK_ORPHANS] = {"check parents",
+                         "SELECT COUNT(*) FROM files c WHERE c.id != 1 AND NOT EXISTS "
+                         "(SELECT 1 FROM files p WHERE p.id = c.parent)"},
+};
+_Static_assert(IDX_HASH_LEN == 16, "S_CHECK_BLOCKS spells the hash length");
+
+/* A deleted row, and the caller's gone() to tell once the deletion is committed. */
+struct gone_call {
+    void (*fn)(void *arg, int64_t id, uint64_t version);
+    void *arg;
+    int64_t id;
+    uint64_t version;
+};
+
+struct pin {
+    int64_t id; /* 0: free slot */
+    uint64_t count;
+};
+
+/* Lock order: idx->lock is the only lock; no callback is ever called with it held. */
+struct idx {
+    pthread_mutex_t lock;
+    sqlite3 *db;                /* protected by lock */
+    sqlite3_stmt *st[S_COUNT];  /* protected by lock */
+    int depth;                  /* batch nesting, 0 = none; protected by lock */
+    uint64_t cached;            /* sum of len of the cached blocks; protected by lock */
+    uint64_t tick;              /* last LRU use tick handed out; protected by lock */
+    struct pin *pins;           /* open addressing, linear probing; protected by lock */
+    size_t pins_cap, pins_used; /* protected by lock */
+    uint64_t pins_lost;         /* pins not recorded for want of memory; protected by lock */
+    struct gone_call *gone;     /* deletions waiting for the batch's commit; protected by lock */
+    size_t gone_n, gone_cap;    /* protected by lock */
+};
+
+/* Log a failed SQLite call once and turn it into a negative errno. */
+static int db_fail(idx_t *idx, const char *what)
+{
+    int rc = sqlite3_extended_errcode(idx->db);
+
+    fprintf(stderr, "index: %s: %s\n", what, sqlite3_errmsg(idx->db));
+    return (rc & 0xff) == SQLITE_NOMEM ? -ENOMEM : -EIO;
+}
+
+/* A value read from the database that this build cannot have written. */
+static int db_corrupt(const char *what, int64_t id)
+{
+    fprintf(stderr, "index: %s: bad value in row %" PRId64 "\n", what, id);
+    return -EIO;
+}
+
+/* Step a prepared statement: 1 for a row, 0 when done, <0 (logged) on error. Binds use
+ * SQLITE_STATIC and bounded lengths, so they cannot fail; the statement is always left to
+ * done(), which resets it for reuse. */
+static int step(idx_t *idx, enum stmt s)
+{
+    int rc = sqlite3_step(idx->st[s]);
+
+    if (rc == SQLITE_ROW)
+        return 1;
+    if (rc == SQLITE_DONE)
+        return 0;
+    return db_fail(idx, stmts[s].what);
+}
+
+static void done(idx_t *idx, enum stmt s)
+{
+    sqlite3_reset(idx->st[s]);
+    sqlite3_clear_bindings(idx->st[s]);
+}
+
+/* Run a statement that returns no row of interest. */
+static int exec(idx_t *idx, enum stmt s)
+{
+    int r = step(idx, s);
+
+    done(idx, s);
+    return r < 0 ? r : 0;
+}
+
+/* Run a statement that returns one integer (0 when it returns no row). */
+static int query_i64(idx_t *idx, enum stmt s, int64_t *v)
+{
+    int r = step(idx, s);
+
+    *v = r == 1 ? sqlite3_column_int64(idx->st[s], 0) : 0;
+    done(idx, s);
+    return r < 0 ? r : 0;
+}
+
+static int read_file_row(sqlite3_stmt *st, enum stmt s, struct idx_file *f)
+{
+    const unsigned char *name;
+    int len;
+
+    memset(f, 0, sizeof(*f));
+    f->id = sqlite3_column_int64(st, 0);
+    f->parent = sqlite3_column_int64(st, 1);
+    name = sqlite3_column_text(st, 2);
+    len = sqlite3_column_bytes(st, 2);
+    if (name == NULL || len > IDX_NAME_MAX || memchr(name, '\0', (size_t)len) != NULL)
+        return db_corrupt(stmts[s].what, f->id);
+    memcpy(f->name, name, (size_t)len);
+    f->dev = (uint64_t)sqlite3_column_int64(st, 3);
+    f->ino = (uint64_t)sqlite3_column_int64(st, 4);
+    f->mode = (uint32_t)sqlite3_column_int64(st, 5);
+    f->uid = (uint32_t)sqlite3_column_int64(st, 6);
+    f->gid = (uint32_t)sqlite3_column_int64(st, 7);
+    f->nlink = (uint32_t)sqlite3_column_int64(st, 8);
+    f->size = (uint64_t)sqlite3_column_int64(st, 9);
+    f->atime_ns = sqlite3_column_int64(st, 10);
+    f->mtime_ns = sqlite3_column_int64(st, 11);
+    f->ctime_ns = sqlite3_column_int64(st, 12);
+    f->version = (uint64_t)sqlite3_column_int64(st, 13);
+    f->attr_time_ns = sqlite3_column_int64(st, 14);
+    f->list_time_ns = sqlite3_column_int64(st, 15);
+    return 0;
+}
+
+static int read_block_row(sqlite3_stmt *st, enum stmt s, struct idx_block *b)
+{
+    const void *hash;
+    int64_t len;
+
+    memset(b, 0, sizeof(*b));
+    b->file = sqlite3_column_int64(st, 0);
+    b->blkno = (uint64_t)sqlite3_column_int64(st, 1);
+    b->version = (uint64_t)sqlite3_column_int64(st, 2);
+    len = sqlite3_column_int64(st, 3);
+    hash = sqlite3_column_blob(st, 4);
+    if (len < 0 || len > UINT32_MAX || hash == NULL || sqlite3_column_bytes(st, 4) != IDX_HASH_LEN)
+        return db_corrupt(stmts[s].what, b->file);
+    b->len = (uint32_t)len;
+    memcpy(b->hash, hash, IDX_HASH_LEN);
+    b->cached = sqlite3_column_int64(st, 5) != 0;
+    return 0;
+}
+
+/* Bind ?3..?15 of S_FILE_INSERT and S_FILE_UPDATE: the metadata columns. */
+static void bind_file_attrs(sqlite3_stmt *st, const struct idx_file *f)
+{
+    sqlite3_bind_int64(st, 3, (int64_t)f->dev);
+    sqlite3_bind_int64(st, 4, (int64_t)f->ino);
+    sqlite3_bind_int64(st, 5, f->mode);
+    sqlite3_bind_int64(st, 6, f->uid);
+    sqlite3_bind_int64(st, 7, f->gid);
+    sqlite3_bind_int64(st, 8, f->nlink);
+    sqlite3_bind_int64(st, 9, (int64_t)f->size);
+    sqlite3_bind_int64(st, 10, f->atime_ns);
+    sqlite3_bind_int64(st, 11, f->mtime_ns);
+    sqlite3_bind_int64(st, 12, f->ctime_ns);
+    sqlite3_bind_int64(st, 13, (int64_t)f->version);
+    sqlite3_bind_int64(st, 14, f->attr_time_ns);
+    sqlite3_bind_int64(st, 15, f->list_time_ns);
+}
+
+/* Recompute what is kept in memory from the database, after a rollback. */
+static void resync(idx_t *idx)
+{
+    int64_t sum;
+
+    if (query_i64(idx, S_CACHED_SUM, &sum) == 0)
+        idx->cached = (uint64_t)sum;
+}
+
+static int batch_lost(void)
+{
+    fprintf(stderr, "index: batch was rolled back by sqlite after an error\n");
+    return -EIO;
+}
+
+/* Start a unit of writes that must apply whole; end it with op_end(). */
+static int op_begin(idx_t *idx)
+{
+    if (idx->depth == 0)
+        return exec(idx, S_BEGIN);
+    if (sqlite3_get_autocommit(idx->db))
+        return batch_lost();
+    return exec(idx, S_SAVEPOINT);
+}
+
+/* End the unit: keep it if r >= 0 (and return r), undo it otherwise (or if keeping fails). */
+static int op_end(idx_t *idx, int r)
+{
+    int rc;
+
+    if (r >= 0) {
+        if ((rc = exec(idx, idx->depth > 0 ? S_RELEASE : S_COMMIT)) == 0)
+            return r;
+        r = rc;
+    }
+    if (!sqlite3_get_autocommit(idx->db)) {
+        if (idx->depth == 0) {
+            exec(idx, S_ROLLBACK);
+        } else {
+            exec(idx, S_ROLLBACK_TO);
+            exec(idx, S_RELEASE);
+        }
+    }
+    resync(idx);
+    return r;
+}
+
+static int queue_gone(idx_t *idx, void (*fn)(void *, int64_t, uint64_t), void *arg, int64_t id,
+                      uint64_t version)
+{
+    struct gone_call *g;
+    size_t cap;
+
+    if (idx->gone_n == idx->gone_cap) {
+        cap = idx->gone_cap ? idx->gone_cap * 2 : 64;
+        if ((g = realloc(idx->gone, cap * sizeof(*g))) == NULL)
+            return -ENOMEM;
+        idx->gone = g;
+        idx->gone_cap = cap;
+    }
+    idx->gone[idx->gone_n++] = (struct gone_call){fn, arg, id, version};
+    return 0;
+}
+
+/* Move the queued gone() calls out, to be run once the lock is released. */
+static void take_gone(idx_t *idx, struct gone_call **calls, size_t *n)
+{
+    *calls = idx->gone;
+    *n = idx->gone_n;
+    idx->gone = NULL;
+    idx->gone_n = idx->gone_cap = 0;
+}
+
+static void run_gone(struct gone_call *calls, size_t n)
+{
+    size_t i;
+
+    for (i = 0; i < n; i++)
+        calls[i].fn(calls[i].arg, calls[i].id, calls[i].version);
+    free(calls);
+}
+
+static size_t pin_home(int64_t id, size_t mask)
+{
+    uint64_t x = (uint64_t)id;
+
+    x ^= x >> 33;
+    x *= UINT64_C(0xff51afd7ed558ccd);
+    x ^= x >> 33;
+    return (size_t)x & mask;
+}
+
+static struct pin *pin_find(idx_t *idx, int64_t id)
+{
+    size_t mask = idx->pins_cap - 1, i;
+
+    if (idx->pins_cap == 0)
+        return NULL;
+    for (i = pin_home(id, mask); idx->pins[i].id != 0; i = (i + 1) & mask)
+        if (idx->pins[i].id == id)
+            return &idx->pins[i];
+    return NULL;
+}
+
+/* Place a pin known to be absent; the table has a free slot. */
+static void pin_place(struct pin *slots, size_t cap, int64_t id, uint64_t count)
+{
+    size_t i;
+
+    for (i = pin_home(id, cap - 1); slots[i].id != 0; i = (i + 1) & (cap - 1))
+        ;
+    slots[i].id = id;
+    slots[i].count = count;
+}
+
+static int pin_grow(idx_t *idx)
+{
+    size_t cap = idx->pins_cap ? idx->pins_cap * 2 : PINS_MIN, i;
+    struct pin *slots;
+
+    if ((slots = calloc(cap, sizeof(*slots))) == NULL)
+        return -ENOMEM;
+    for (i = 0; i < idx->pins_cap; i++)
+        if (idx->pins[i].id != 0)
+            pin_place(slots, cap, idx->pins[i].id, idx->pins[i].count);
+    free(idx->pins);
+    idx->pins = slots;
+    idx->pins_cap = cap;
+    return 0;
+}
+
+/* Remove the pin in slot i, shifting back the entries of its probe run (no tombstones). */
+static void pin_remove(idx_t *idx, size_t i)
+{
+    size_t mask = idx->pins_cap - 1, j = i, home;
+
+    idx->pins[i].id = 0;
+    idx->pins_used--;
+    for (;;) {
+        j = (j + 1) & mask;
+        if (idx->pins[j].id == 0)
+            return;
+        home = pin_home(idx->pins[j].id, mask);
+        /* entry j may move to i unless its home lies cyclically in (i, j] */
+        if (i <= j ? (home > i && home <= j) : (home > i || home <= j))
+            continue;
+        idx->pins[i] = idx->pins[j];
+        idx->pins[j].id = 0;
+        i = j;
+    }
+}
+
+static bool name_is_root(int64_t parent, const char *name)
+{
+    return parent == 0 && name[0] == '\0';
+}
+
+/* A name as stored: one component, or "" under parent 0 for the root. 'max' bounds the scan. */
+static int check_name(int64_t parent, const char *name, size_t max)
+{
+    size_t len;
+
+    if (name == NULL)
+        return -EINVAL;
+    len = strnlen(name, max);
+    if (len > IDX_NAME_MAX)
+        return -ENAMETOOLONG;
+    if (name_is_root(parent, name))
+        return 0;
+    if (parent <= 0 || len == 0 || memchr(name, '/', len) != NULL || strcmp(name, ".") == 0 ||
+        strcmp(name, "..") == 0)
+        return -EINVAL;
+    return 0;
+}
+
+static bool mode_type_valid(uint32_t mode)
+{
+    switch (mode & S_IFMT) {
+    case S_IFREG:
+    case S_IFDIR:
+    case S_IFLNK:
+    case S_IFCHR:
+    case S_IFBLK:
+    case S_IFIFO:
+    case S_IFSOCK:
+        return true;
+    default:
+        return false;
+    }
+}
+
+static int get_locked(idx_t *idx, int64_t id, struct idx_file *out)
+{
+    int r;
+
+    sqlite3_bind_int64(idx->st[S_FILE_GET], 1, id);
+    if ((r = step(idx, S_FILE_GET)) == 1)
+        r = read_file_row(idx->st[S_FILE_GET], S_FILE_GET, out);
+    else if (r == 0)
+        r = -ENOENT;
+    done(idx, S_FILE_GET);
+    return r;
+}
+
+static int lookup_locked(idx_t *idx, int64_t parent, const char *name, struct idx_file *out)
+{
+    int r;
+
+    sqlite3_bind_int64(idx->st[S_FILE_LOOKUP], 1, parent);
+    sqlite3_bind_text(idx->st[S_FILE_LOOKUP], 2, name, -1, SQLITE_STATIC);
+    if ((r = step(idx, S_FILE_LOOKUP)) == 1)
+        r = read_file_row(idx->st[S_FILE_LOOKUP], S_FILE_LOOKUP, out);
+    else if (r == 0)
+        r = -ENOENT;
+    done(idx, S_FILE_LOOKUP);
+    return r;
+}
+
+static int meta_read_i64(idx_t *idx, const char *key, int64_t *v)
+{
+    const char *text;
+    char *end;
+    int r;
+
+    sqlite3_bind_text(idx->st[S_META_GET], 1, key, -1, SQLITE_STATIC);
+    if ((r = step(idx, S_META_GET)) == 1) {
+        text = (const char *)sqlite3_column_text(idx->st[S_META_GET], 0);
+        errno = 0;
+        *v = text != NULL ? strtoll(text, &end, 10) : 0;
+        if (text == NULL || end == text || *end != '\0' || errno != 0 || *v < 0) {
+            fprintf(stderr, "index: meta '%s' is not a number: '%s'\n", key,
+                    text != NULL ? text : "");
+            r = -EIO;
+        } else {
+            r = 0;
+        }
+    } else if (r == 0) {
+        fprintf(stderr, "index: meta '%s' is missing\n", key);
+        r = -EIO;
+    }
+    done(idx, S_META_GET);
+    return r;
+}
+
+static int meta_write_i64(idx_t *idx, const char *key, int64_t v)
+{
+    sqlite3_bind_text(idx->st[S_META_SET], 1, key, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(idx->st[S_META_SET], 2, v);
+    return exec(idx, S_META_SET);
+}
+
+/* Take the next version from the counter in meta; call inside a unit of writes. */
+static int fresh_version(idx_t *idx, uint64_t *version)
+{
+    int64_t next;
+    int r;
+
+    if ((r = meta_read_i64(idx, META_NEXT_VERSION, &next)) < 0)
+        return r;
+    if (next <= 0 || next == INT64_MAX) {
+        fprintf(stderr, "index: meta '" META_NEXT_VERSION "' out of range: %" PRId64 "\n", next);
+        return -EIO;
+    }
+    if ((r = meta_write_i64(idx, META_NEXT_VERSION, next + 1)) < 0)
+        return r;
+    *version = (uint64_t)next;
+    return 0;
+}
+
+/* Delete every block row of a file, keeping the cached total. */
+static int drop_blocks_locked(idx_t *idx, int64_t file)
+{
+    int64_t sum;
+    int r;
+
+    sqlite3_bind_int64(idx->st[S_FILE_CACHED_SUM], 1, file);
+    if ((r = query_i64(idx, S_FILE_CACHED_SUM, &sum)) < 0)
+        return r;
+    sqlite3_bind_int64(idx->st[S_BLOCKS_DROP], 1, file);
+    if ((r = exec(idx, S_BLOCKS_DROP)) < 0)
+        return r;
+    idx->cached -= (uint64_t)sum;
+    return 0;
+}
+
+struct row_ref {
+    int64_t id;
+    uint64_t version;
+};
+
+/* Run a bound statement yielding (id, version) rows and collect them. */
+static int collect_rows(idx_t *idx, enum stmt s, struct row_ref **rows, size_t *n)
+{
+    struct row_ref *v = NULL, *nv;
+    size_t cap = 0, len = 0;
+    int r;
+
+    while ((r = step(idx, s)) == 1) {
+        if (len == cap) {
+            cap = cap ? cap * 2 : 16;
+            if ((nv = realloc(v, cap * sizeof(*v))) == NULL) {
+                r = -ENOMEM;
+                break;
+            }
+            v = nv;
+        }
+        v[len].id = sqlite3_column_int64(idx->st[s], 0);
+        v[len].version = (uint64_t)sqlite3_column_int64(idx->st[s], 1);
+        len++;
+    }
+    done(idx, s);
+    if (r < 0) {
+        free(v);
+        return r;
+    }
+    *rows = v;
+    *n = len;
+    return 0;
+}
+
+/* Delete the collected rows and their blocks; queue gone() for each unless it is NULL. */
+static int delete_rows(idx_t *idx, enum stmt s, void (*gone)(void *, int64_t, uint64_t), void *arg)
+{
+    struct row_ref *rows = NULL;
+    size_t n = 0, i;
+    int r;
+
+    if ((r = collect_rows(idx, s, &rows, &n)) < 0)
+        return r;
+    for (i = 0; i < n; i++) {
+        if ((r = drop_blocks_locked(idx, rows[i].id)) < 0)
+            break;
+        sqlite3_bind_int64(idx->st[S_FILE_DELETE], 1, rows[i].id);
+        if ((r = exec(idx, S_FILE_DELETE)) < 0)
+            break;
+        if (gone != NULL && (r = queue_gone(idx, gone, arg, rows[i].id, rows[i].version)) < 0)
+            break;
+    }
+    free(rows);
+    if (r < 0)
+        return r;
+    return n > 0 ? 1 : 0;
+}
+
+/* The shared tail of idx_delete and idx_prune_children: end the unit, then report deletions
+ * that are committed (none are while a batch stays open: idx_commit reports those). */
+static int delete_end(idx_t *idx, int r, size_t mark)
+{
+    struct gone_call *calls = NULL;
+    size_t n = 0;
+
+    r = op_end(idx, r);
+    if (r < 0)
+        idx->gone_n = mark;
+    else if (idx->depth == 0)
+        take_gone(idx, &calls, &n);
+    pthread_mutex_unlock(&idx->lock);
+    run_gone(calls, n);
+    return r;
+}
+
+static int ensure_root(idx_t *idx)
+{
+    struct idx_file root;
+    uint64_t version;
+    int r;
+
+    if ((r = get_locked(idx, IDX_ROOT_ID, &root)) != -ENOENT)
+        return r;
+    if ((r = fresh_version(idx, &version)) < 0)
+        return r;
+    sqlite3_bind_int64(idx->st[S_ROOT_INSERT], 1, S_IFDIR | 0755);
+    sqlite3_bind_int64(idx->st[S_ROOT_INSERT], 2, (int64_t)version);
+    return exec(idx, S_ROOT_INSERT);
+}
+
+/* Log a failure while opening: "index: cannot <what> '<path>': <sqlite message>". */
+static int open_fail(idx_t *idx, const char *path, const char *what)
+{
+    int rc = sqlite3_extended_errcode(idx->db);
+
+    fprintf(stderr, "index: cannot %s '%s': %s\n", what, path, sqlite3_errmsg(idx->db));
+    return (rc & 0xff) == SQLITE_NOMEM ? -ENOMEM : -EIO;
+}
+
+/* One-off SQL for opening, before the statements are prepared. */
+static int open_exec(idx_t *idx, const char *path, const char *what, const char *sql)
+{
+    if (sqlite3_exec(idx->db, sql, NULL, NULL, NULL) != SQLITE_OK)
+        return open_fail(idx, path, what);
+    return 0;
+}
+
+/* Run a one-off query returning one text value; *out is malloc'ed (NULL if no row). */
+static int open_query(idx_t *idx, const char *path, const char *what, const char *sql, char **out)
+{
+    sqlite3_stmt *st = NULL;
+    const unsigned char *text;
+    int rc, r = 0;
+
+    *out = NULL;
+    if (sqlite3_prepare_v2(idx->db, sql, -1, &st, NULL) != SQLITE_OK)
+        return open_fail(idx, path, what);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        text = sqlite3_column_text(st, 0);
+        if ((*out = strdup(text != NULL ? (const char *)text : "")) == NULL)
+            r = -ENOMEM;
+    } else if (rc != SQLITE_DONE) {
+        r = open_fail(idx, path, what);
+    }
+    sqlite3_finalize(st);
+    return r;
+}
+
+static int migrate(idx_t *idx, const char *path)
+{
+    char *text = NULL, *end, sql[128];
+    long long v = 0;
+    int r;
+
+    if ((r = open_exec(idx, path, "begin migrating", "BEGIN IMMEDIATE")) < 0)
+        return r;
+    if ((r = open_exec(idx, path, "create the meta table in",
+                       "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")) < 0 ||
+        (r = open_query(idx, path, "read the schema version of",
+                        "SELECT value FROM meta WHERE key = '" META_SCHEMA_VERSION "'", &text)) < 0)
+        goto out;
+    if (text != NULL) {
+        errno = 0;
+        v = strtoll(text, &end, 10);
+        if (end == text || *end != '\0' || errno != 0 || v < 0) {
+            fprintf(stderr, "index: '%s' has a bad schema version '%s'\n", path, text);
+            r = -EIO;
+            goto out;
+        }
+    }
+    if (v > IDX_SCHEMA_VERSION) {
+        fprintf(stderr, "index: '%s' has schema version %lld, newer than this build's %d\n", path,
+                v, IDX_SCHEMA_VERSION);
+        r = -EPROTO;
+        goto out;
+    }
+    for (; v < IDX_SCHEMA_VERSION; v++) {
+        snprintf(sql, sizeof(sql),
+                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('" META_SCHEMA_VERSION
+                 "', '%lld')",
+                 v + 1);
+        if ((r = open_exec(idx, path, "migrate", migrations[v])) < 0 ||
+            (r = open_exec(idx, path, "write the schema version of", sql)) < 0)
+            goto out;
+    }
+    r = open_exec(idx, path, "commit the migration of", "COMMIT");
+out:
+    if (r < 0 && !sqlite3_get_autocommit(idx->db))
+        sqlite3_exec(idx->db, "ROLLBACK", NULL, NULL, NULL);
+    free(text);
+    return r;
+}
+
+int idx_open(const char *path, idx_t **out)
+{
+    idx_t *idx;
+    char *mode = NULL;
+    int64_t v;
+    int r, rc, i;
+
+    *out = NULL;
+    if (path == NULL)
+        return -EINVAL;
+    if ((idx = calloc(1, sizeof(*idx))) == NULL)
+        return -ENOMEM;
+    if ((r = -pthread_mutex_init(&idx->lock, NULL)) < 0) {
+        free(idx);
+        return r;
+    }
+    rc = sqlite3_open_v2(path, &idx->db,
+                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+    if (rc != SQLITE_OK) {
+        r = idx->db != NULL && sqlite3_system_errno(idx->db) != 0 ? -sqlite3_system_errno(idx->db)
+            : rc == SQLITE_NOMEM                                  ? -ENOMEM
+                                                                  : -EIO;
+        fprintf(stderr, "index: cannot open '%s': %s\n", path,
+                idx->db != NULL ? sqlite3_errmsg(idx->db) : sqlite3_errstr(rc));
+        goto out;
+    }
+    sqlite3_extended_result_codes(idx->db, 1);
+    sqlite3_busy_timeout(idx->db, BUSY_TIMEOUT_MS);
+    if ((r = open_query(idx, path, "enable wal on", "PRAGMA journal_mode=WAL", &mode)) < 0)
+        goto out;
+    if (mode == NULL || strcmp(mode, "wal") != 0)
+        fprintf(stderr, "index: cannot use wal for '%s', journal mode is '%s'\n", path,
+                mode != NULL ? mode : "");
+    if ((r = open_exec(idx, path, "set the pragmas of",
+                       "PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON")) < 0 ||
+        (r = migrate(idx, path)) < 0)
+        goto out;
+    for (i = 0; i < S_COUNT; i++) {
+        if (sqlite3_prepare_v3(idx->db, stmts[i].sql, -1, SQLITE_PREPARE_PERSISTENT, &idx->st[i],
+                               NULL) != SQLITE_OK) {
+            r = open_fail(idx, path, "prepare statements for");
+            goto out;
+        }
+    }
+    if ((r = op_begin(idx)) < 0)
+        goto out;
+    if ((r = op_end(idx, ensure_root(idx))) < 0 || (r = query_i64(idx, S_CACHED_SUM, &v)) < 0)
+        goto out;
+    idx->cached = (uint64_t)v;
+    if ((r = query_i64(idx, S_MAX_TICK, &v)) < 0)
+        goto out;
+    idx->tick = (uint64_t)v;
+    *out = idx;
+    idx = NULL;
+out:
+    free(mode);
+    idx_close(idx);
+    return r;
+}
+
+void idx_close(idx_t *idx)
+{
+    int i;
+
+    if (idx == NULL)
+        return;
+    if (idx->db != NULL && !sqlite3_get_autocommit(idx->db))
+        sqlite3_exec(idx->db, "ROLLBACK", NULL, NULL, NULL);
+    for (i = 0; i < S_COUNT; i++)
+        sqlite3_finalize(idx->st[i]);
+    if (idx->db != NULL && sqlite3_close(idx->db) != SQLITE_OK)
+        fprintf(stderr, "index: cannot close: %s\n", sqlite3_errmsg(idx->db));
+    pthread_mutex_destroy(&idx->lock);
+    free(idx->pins);
+    free(idx->gone);
+    free(idx);
+}
+
+int idx_schema_version(idx_t *idx)
+{
+    int64_t v;
+    int r;
+
+    pthread_mutex_lock(&idx->lock);
+    r = meta_read_i64(idx, META_SCHEMA_VERSION, &v);
+    pthread_mutex_unlock(&idx->lock);
+    if (r < 0)
+        return r;
+    return v > INT_MAX ? -EIO : (int)v;
+}
+
+int idx_begin(idx_t *idx)
+{
+    int r = 0;
+
+    pthread_mutex_lock(&idx->lock);
+    if (idx->depth == 0)
+        r = exec(idx, S_BEGIN);
+    else if (sqlite3_get_autocommit(idx->db))
+        r = batch_lost();
+    else if (idx->depth == INT_MAX)
+        r = -EOVERFLOW;
+    if (r == 0)
+        idx->depth++;
+    pthread_mutex_unlock(&idx->lock);
+    return r;
+}
+
+int idx_commit(idx_t *idx)
+{
+    struct gone_call *calls = NULL;
+    size_t n = 0;
+    int r = 0;
+
+    pthread_mutex_lock(&idx->lock);
+    if (idx->depth == 0) {
+        r = -EINVAL;
+        goto out;
+    }
+    if (--idx->depth > 0)
+        goto out;
+    if (sqlite3_get_autocommit(idx->db))
+        r = batch_lost();
+    else if ((r = exec(idx, S_COMMIT)) < 0 && !sqlite3_get_autocommit(idx->db))
+        exec(idx, S_ROLLBACK);
+    if (r < 0) {
+        idx->gone_n = 0;
+        resync(idx);
+    } else {
+        take_gone(idx, &calls, &n);
+    }
+out:
+    pthread_mutex_unlock(&idx->lock);
+    run_gone(calls, n);
+    return r;
+}
+
+int idx_rollback(idx_t *idx)
+{
+    int r = 0;
+
+    pthread_mutex_lock(&idx->lock);
+    if (idx->depth == 0) {
+        r = -EINVAL;
+        goto out;
+    }
+    idx->depth = 0;
+    idx->gone_n = 0;
+    if (!sqlite3_get_autocommit(idx->db))
+        r = exec(idx, S_ROLLBACK);
+    resync(idx);
+out:
+    pthread_mutex_unlock(&idx->lock);
+    return r;
+}
+
+static bool meta_key_reserved(const char *key)
+{
+    return strcmp(key, META_SCHEMA_VERSION) == 0 || strcmp(key, META_NEXT_VERSION) == 0;
+}
+
+int idx_meta_get(idx_t *idx, const char *key, char *val, size_t len)
+{
+    const unsigned char *text;
+    size_t n;
+    int r;
+
+    if (key == NULL || (val == NULL && len > 0))
+        return -EINVAL;
+    pthread_mutex_lock(&idx->lock);
+    sqlite3_bind_text(idx->st[S_META_GET], 1, key, -1, SQLITE_STATIC);
+    if ((r = step(idx, S_META_GET)) == 1) {
+        text = sqlite3_column_text(idx->st[S_META_GET], 0);
+        n = (size_t)sqlite3_column_bytes(idx->st[S_META_GET], 0);
+        r = 0;
+        if (n >= len) {
+            n = len > 0 ? len - 1 : 0;
+            r = -ERANGE;
+        }
+        if (len > 0) {
+            if (n > 0)
+                memcpy(val, text, n);
+            val[n] = '\0';
+        }
+    } else if (r == 0) {
+        r = -ENOENT;
+    }
+    done(idx, S_META_GET);
+    pthread_mutex_unlock(&idx->lock);
+    return r;
+}
+
+int idx_meta_set(idx_t *idx, const char *key, const char *val)
+{
+    int r;
+
+    if (key == NULL || val == NULL || key[0] == '\0' || meta_key_reserved(key))
+        return -EINVAL;
+    pthread_mutex_lock(&idx->lock);
+    sqlite3_bind_text(idx->st[S_META_SET], 1, key, -1, SQLITE_STATIC);
+    sqlite3_bind_text(idx->st[S_META_SET], 2, val, -1, SQLITE_STATIC);
+    r = exec(idx, S_META_SET);
+    pthread_mutex_unlock(&idx->lock);
+    return r;
+}
+
+int idx_get(idx_t *idx, int64_t id, struct idx_file *out)
+{
+    int r;
+
+    pthread_mutex_lock(&idx->lock);
+    r = get_locked(idx, id, out);
+    pthread_mutex_unlock(&idx->lock);
+    return r;
+}
+
+int idx_lookup(idx_t *idx, int64_t parent, const char *name, struct idx_file *out)
+{
+    int r;
+
+    if ((r = check_name(parent, name, IDX_NAME_MAX + 1)) < 0)
+        return r;
+    pthread_mutex_lock(&idx->lock);
+    r = lookup_locked(idx, parent, name, out);
+    pthread_mutex_unlock(&idx->lock);
+    return r;
+}
+
+/* idx_put on an existing row 'old', with the unit of writes open. */
+static int put_existing(idx_t *idx, struct idx_file *row, const struct idx_file *old)
+{
+    bool changed, was_dir, is_dir;
+    int r;
+
+    row->id = old->id;
+    if (row->list_time_ns == 0)
+        row->list_time_ns = old->list_time_ns;
+    changed = (row->mode & S_IFMT) != (old->mode & S_IFMT) || row->size != old->size ||
+              row->mtime_ns != old->mtime_ns || row->ino != old->ino;
+    if (!changed) {
+        row->version = old->version;
+    } else {
+        if ((r = fresh_version(idx, &row->version)) < 0 ||
+            (r = drop_blocks_locked(idx, old->id)) < 0)
+            return r;
+        was_dir = S_ISDIR(old->mode);
+        is_dir = S_ISDIR(row->mode);
+        if (was_dir != is_dir) {
+            sqlite3_bind_int64(idx->st[S_DESCENDANTS], 1, old->id);
+            if ((r = delete_rows(idx, S_DESCENDANTS, NULL, NULL)) < 0)
+                return r;
+        }
+    }
+    sqlite3_bind_int64(idx->st[S_FILE_UPDATE], 1, row->id);
+    sqlite3_bind_int(idx->st[S_FILE_UPDATE], 2, changed);
+    bind_file_attrs(idx->st[S_FILE_UPDATE], row);
+    if ((r = exec(idx, S_FILE_UPDATE)) < 0)
+        return r;
+    return changed ? 1 : 0;
+}
+
+/* idx_put of a row that does not exist yet, with the unit of writes open. */
+static int put_new(idx_t *idx, struct idx_file *row)
+{
+    struct idx_file parent;
+    int r;
+
+    if (row->parent == 0) {
+        fprintf(stderr, "index: the root row is missing\n");
+        return -EIO;
+    }
+    if ((r = get_locked(idx, row->parent, &parent)) < 0)
+        return r;
+    if (!S_ISDIR(parent.mode))
+        return -ENOTDIR;
+    if ((r = fresh_version(idx, &row->version)) < 0)
+        return r;
+    sqlite3_bind_int64(idx->st[S_FILE_INSERT], 1, row->parent);
+    sqlite3_bind_text(idx->st[S_FILE_INSERT], 2, row->name, -1, SQLITE_STATIC);
+    bind_file_attrs(idx->st[S_FILE_INSERT], row);
+    if ((r = exec(idx, S_FILE_INSERT)) < 0)
+        return r;
+    row->id = sqlite3_last_insert_rowid(idx->db);
+    return 0;
+}
+
+int idx_put(idx_t *idx, struct idx_file *f)
+{
+    struct idx_file row, old;
+    int r;
+
+    if ((r = check_name(f->parent, f->name, sizeof(f->name))) < 0)
+        return r;
+    if (!mode_type_valid(f->mode) || (f->parent == 0 && !S_ISDIR(f->mode)))
+        return -EINVAL;
+    row = *f;
+    pthread_mutex_lock(&idx->lock);
+    if ((r = op_begin(idx)) < 0)
+        goto out;
+    r = lookup_locked(idx, row.parent, row.name, &old);
+    if (r == 0)
+        r = put_existing(idx, &row, &old);
+    else if (r == -ENOENT)
+        r = put_new(idx, &row);
+    if ((r = op_end(idx, r)) >= 0) {
+        f->id = row.id;
+        f->version = row.version;
+    }
+out:
+    pthread_mutex_unlock(&idx->lock);
+    return r;
+}
+
+/* Run a bound single-row UPDATE; -ENOENT if it matched no row. */
+static int update_one(idx_t *idx, enum stmt s)
+{
+    int r = exec(idx, s);
+
+    if (r == 0 && sqlite3_changes(idx->db) == 0)
+        r = -ENOENT;
+    return r;
+}
+
+int idx_touch_attr(idx_t *idx, int64_t id, int64_t attr_time_ns)
+{
+    int r;
+
+    pthread_mutex_lock(&idx->lock);
+    sqlite3_bind_int64(idx->st[S_FILE_TOUCH], 1, id);
+    sqlite3_bind_int64(idx->st[S_FILE_TOUCH], 2, attr_time_ns);
+    r = update_one(idx, S_FILE_TOUCH);
+    pthread_mutex_unlock(&idx->lock);
+    return r;
+}
+
+int idx_set_listed(idx_t *idx, int64_t dir, int64_t list_time_ns)
+{
+    int r;
+
+    pthread_mutex_lock(&idx->lock);
+    sqlite3_bind_int64(idx->st[S_FILE_LISTED], 1, dir);
+    sqlite3_bind_int64(idx->st[S_FILE_LISTED], 2, list_time_ns);
+    r = update_one(idx, S_FILE_LISTED);
+    pthread_mutex_unlock(&idx->lock);
+    return r;
+}
+
+int idx_delete(idx_t *idx, int64_t id, void (*gone)(void *arg, int64_t id, uint64_t version),
+               void *arg)
+{
+    size_t mark;
+    int r;
+
+    if (id == IDX_ROOT_ID)
+        return -EINVAL;
+    pthread_mutex_lock(&idx->lock);
+    mark = idx->gone_n;
+    if ((r = op_begin(idx)) < 0) {
+        pthread_mutex_unlock(&idx->lock);
+        return r;
+    }
+    sqlite3_bind_int64(idx->st[S_SUBTREE], 1, id);
+    r = delete_rows(idx, S_SUBTREE, gone, arg);
+    return delete_end(idx, r == 0 ? -ENOENT : r < 0 ? r : 0, mark);
+}
+
+int idx_prune_children(idx_t *idx, int64_t dir, int64_t before_ns,
+                       void (*gone)(void *arg, int64_t id, uint64_t version), void *arg)
+{
+    struct idx_file d;
+    size_t mark;
+    int r;
+
+    pthread_mutex_lock(&idx->lock);
+    mark = idx->gone_n;
+    if ((r = op_begin(idx)) < 0) {
+        pthread_mutex_unlock(&idx->lock);
+        return r;
+    }
+    if ((r = get_locked(idx, dir, &d)) == 0) {
+        sqlite3_bind_int64(idx->st[S_STALE_CHILDREN], 1, dir);
+        sqlite3_bind_int64(idx->st[S_STALE_CHILDREN], 2, before_ns);
+        r = delete_rows(idx, S_STALE_CHILDREN, gone, arg);
+    }
+    return delete_end(idx, r < 0 ? r : 0, mark);
+}
+
+int idx_children(idx_t *idx, int64_t dir, int64_t after,
+                 int (*each)(void *arg, const struct idx_file *f), void *arg)
+{
+    sqlite3_stmt *st;
+    struct idx_file *page;
+    size_t n, i;
+    int r;
+
+    if ((page = malloc(PAGE_ROWS * sizeof(*page))) == NULL)
+        return -ENOMEM;
+    for (;;) {
+        pthread_mutex_lock(&idx->lock);
+        st = idx->st[S_CHILDREN];
+        sqlite3_bind_int64(st, 1, dir);
+        sqlite3_bind_int64(st, 2, after);
+        sqlite3_bind_int64(st, 3, PAGE_ROWS);
+        for (n = 0; (r = step(idx, S_CHILDREN)) == 1; n++)
+            if ((r = read_file_row(st, S_CHILDREN, &page[n])) < 0)
+                break;
+        done(idx, S_CHILDREN);
+        pthread_mutex_unlock(&idx->lock);
+        if (r < 0)
+            goto out;
+        for (i = 0; i < n; i++)
+            if ((r = each(arg, &page[i])) != 0)
+                goto out;
+        if (n < PAGE_ROWS)
+            break;
+        after = page[n - 1].id;
+    }
+out:
+    free(page);
+    return r;
+}
+
+int idx_set_link(idx_t *idx, int64_t id, const char *target)
+{
+    struct idx_file f;
+    int r;
+
+    if (target == NULL || target[0] == '\0')
+        return -EINVAL;
+    if (strnlen(target, TARGET_MAX + 1) > TARGET_MAX)
+        return -ENAMETOOLONG;
+    pthread_mutex_lock(&idx->lock);
+    if ((r = op_begin(idx)) < 0)
+        goto out;
+    if ((r = get_locked(idx, id, &f)) == 0 && !S_ISLNK(f.mode))
+        r = -EINVAL;
+    if (r == 0) {
+        sqlite3_bind_int64(idx->st[S_LINK_SET], 1, id);
+        sqlite3_bind_text(idx->st[S_LINK_SET], 2, target, -1, SQLITE_STATIC);
+        r = exec(idx, S_LINK_SET);
+    }
+    r = op_end(idx, r);
+out:
+    pthread_mutex_unlock(&idx->lock);
+    return r;
+}
+
+int idx_get_link(idx_t *idx, int64_t id, char *buf, size_t len)
+{
+    const unsigned char *text;
+    size_t n;
+    int r;
+
+    if (buf == NULL && len > 0)
+        return -EINVAL;
+    pthread_mutex_lock(&idx->lock);
+    sqlite3_bind_int64(idx->st[S_LINK_GET], 1, id);
+    if ((r = step(idx, S_LINK_GET)) == 1) {
+        text = sqlite3_column_text(idx->st[S_LINK_GET], 0);
+        n = (size_t)sqlite3_column_bytes(idx->st[S_LINK_GET], 0);
+        if (text == NULL)
+            r = -ENOENT;
+        else if (n >= len)
+            r = -ERANGE;
+        else
+            r = 0;
+        if (r == 0)
+            memcpy(buf, text, n + 1);
+    } else if (r == 0) {
+        r = -ENOENT;
+    }
+    done(idx, S_LINK_GET);
+    pthread_mutex_unlock(&idx->lock);
+    return r;
+}
+
+/* The cached bytes a block row accounts for: 0 if it does not exist or is not cached. */
+static int block_cached_len(idx_t *idx, int64_t file, uint64_t blkno, uint64_t *len, bool *exists)
+{
+    struct idx_block old;
+    int r;
+
+    *len = 0;
+    sqlite3_bind_int64(idx->st[S_BLOCK_GET], 1, file);
+    sqlite3_bind_int64(idx->st[S_BLOCK_GET], 2, (int64_t)blkno);
+    r = step(idx, S_BLOCK_GET);
+    *exists = r == 1;
+    if (r == 1 && (r = read_block_row(idx->st[S_BLOCK_GET], S_BLOCK_GET, &old)) == 0 && old.cached)
+        *len = old.len;
+    done(idx, S_BLOCK_GET);
+    return r < 0 ? r : 0;
+}
+
+int idx_block_put(idx_t *idx, const struct idx_block *b)
+{
+    sqlite3_stmt *st;
+    uint64_t old_len;
+    int64_t version = 0;
+    bool exists;
+    int r;
+
+    if (b->blkno > INT64_MAX)
+        return -EINVAL;
+    pthread_mutex_lock(&idx->lock);
+    if ((r = op_begin(idx)) < 0)
+        goto out;
+    sqlite3_bind_int64(idx->st[S_FILE_VERSION], 1, b->file);
+    if ((r = step(idx, S_FILE_VERSION)) == 1)
+        version = sqlite3_column_int64(idx->st[S_FILE_VERSION], 0);
+    done(idx, S_FILE_VERSION);
+    if (r == 0)
+        r = -ENOENT;
+    else if (r == 1)
+        r = (uint64_t)version == b->version ? 0 : -ESTALE;
+    if (r == 0)
+        r = block_cached_len(idx, b->file, b->blkno, &old_len, &exists);
+    if (r == 0) {
+        st = idx->st[S_BLOCK_PUT];
+        sqlite3_bind_int64(st, 1, b->file);
+        sqlite3_bind_int64(st, 2, (int64_t)b->blkno);
+        sqlite3_bind_int64(st, 3, (int64_t)b->version);
+        sqlite3_bind_int64(st, 4, b->len);
+        sqlite3_bind_blob(st, 5, b->hash, IDX_HASH_LEN, SQLITE_STATIC);
+        sqlite3_bind_int(st, 6, b->cached ? 1 : 0);
+        sqlite3_bind_int64(st, 7, (int64_t)(idx->tick + 1));
+        if ((r = exec(idx, S_BLOCK_PUT)) == 0) {
+            idx->tick++;
+            idx->cached = idx->cached - old_len + (b->cached ? b->len : 0);
+        }
+    }
+    r = op_end(idx, r);
+out:
+    pthread_mutex_unlock(&idx->lock);
+    return r;
+}
+
+int idx_block_get(idx_t *idx, int64_t file, uint64_t blkno, struct idx_block *out)
+{
+    int r;
+
+    pthread_mutex_lock(&idx->lock);
+    sqlite3_bind_int64(idx->st[S_BLOCK_GET], 1, file);
+    sqlite3_bind_int64(idx->st[S_BLOCK_GET], 2, (int64_t)blkno);
+    if ((r = step(idx, S_BLOCK_GET)) == 1)
+        r = read_block_row(idx->st[S_BLOCK_GET], S_BLOCK_GET, out);
+    else if (r == 0)
+        r = -ENOENT;
+    done(idx, S_BLOCK_GET);
+    pthread_mutex_unlock(&idx->lock);
+    return r;
+}
+
+int idx_block_uncache(idx_t *idx, int64_t file, uint64_t blkno)
+{
+    uint64_t len;
+    bool exists;
+    int r;
+
+    pthread_mutex_lock(&idx->lock);
+    if ((r = op_begin(idx)) < 0)
+        goto out;
+    if ((r = block_cached_len(idx, file, blkno, &len, &exists)) == 0 && !exists)
+        r = -ENOENT;
+    if (r == 0 && len > 0) {
+        sqlite3_bind_int64(idx->st[S_BLOCK_UNCACHE], 1, file);
+        sqlite3_bind_int64(idx->st[S_BLOCK_UNCACHE], 2, (int64_t)blkno);
+        if ((r = exec(idx, S_BLOCK_UNCACHE)) == 0)
+            idx->cached -= len;
+    }
+    r = op_end(idx, r);
+out:
+    pthread_mutex_unlock(&idx->lock);
+    return r;
+}
+
+int idx_blocks_drop(idx_t *idx, int64_t file)
+{
+    int r;
+
+    pthread_mutex_lock(&idx->lock);
+    if ((r = op_begin(idx)) == 0)
+        r = op_end(idx, drop_blocks_locked(idx, file));
+    pthread_mutex_unlock(&idx->lock);
+    return r;
+}
+
+int idx_blocks(idx_t *idx, int64_t file, uint64_t version,
+               int (*each)(void *arg, const struct idx_block *b), void *arg)
+{
+    struct idx_block page[PAGE_ROWS];
+    int64_t after = -1;
+    sqlite3_stmt *st;
+    size_t n, i;
+    int r;
+
+    for (;;) {
+        pthread_mutex_lock(&idx->lock);
+        st = idx->st[S_BLOCKS_LIST];
+        sqlite3_bind_int64(st, 1, file);
+        sqlite3_bind_int64(st, 2, (int64_t)version);
+        sqlite3_bind_int64(st, 3, after);
+        sqlite3_bind_int64(st, 4, PAGE_ROWS);
+        for (n = 0; (r = step(idx, S_BLOCKS_LIST)) == 1; n++)
+            if ((r = read_block_row(st, S_BLOCKS_LIST, &page[n])) < 0)
+                break;
+        done(idx, S_BLOCKS_LIST);
+        pthread_mutex_unlock(&idx->lock);
+        if (r < 0)
+            return r;
+        for (i = 0; i < n; i++)
+            if ((r = each(arg, &page[i])) != 0)
+                return r;
+        if (n < PAGE_ROWS)
+            return 0;
+        after = (int64_t)page[n - 1].blkno;
+    }
+}
+
+int idx_blocks_touch(idx_t *idx, int64_t file)
+{
+    int r;
+
+    pthread_mutex_lock(&idx->lock);
+    sqlite3_bind_int64(idx->st[S_BLOCKS_TOUCH], 1, file);
+    sqlite3_bind_int64(idx->st[S_BLOCKS_TOUCH], 2, (int64_t)(idx->tick + 1));
+    if ((r = exec(idx, S_BLOCKS_TOUCH)) == 0)
+        idx->tick++;
+    pthread_mutex_unlock(&idx->lock);
+    return r;
+}
+
+uint64_t idx_cached_bytes(idx_t *idx)
+{
+    uint64_t v;
+
+    pthread_mutex_lock(&idx->lock);
+    v = idx->cached;
+    pthread_mutex_unlock(&idx->lock);
+    return v;
+}
+
+void idx_pin(idx_t *idx, int64_t file)
+{
+    struct pin *p;
+
+    if (file <= 0)
+        return;
+    pthread_mutex_lock(&idx->lock);
+    if ((p = pin_find(idx, file)) != NULL) {
+        p->count++;
+    } else if ((idx->pins_used + 1) * 2 <= idx->pins_cap || pin_grow(idx) == 0 ||
+               idx->pins_used + 1 < idx->pins_cap) {
+        pin_place(idx->pins, idx->pins_cap, file, 1);
+        idx->pins_used++;
+    } else {
+        if (idx->pins_lost++ == 0)
+            fprintf(stderr, "index: cannot record pin: out of memory, eviction suspended\n");
+    }
+    pthread_mutex_unlock(&idx->lock);
+}
+
+void idx_unpin(idx_t *idx, int64_t file)
+{
+    struct pin *p;
+
+    if (file <= 0)
+        return;
+    pthread_mutex_lock(&idx->lock);
+    if ((p = pin_find(idx, file)) != NULL) {
+        if (--p->count == 0)
+            pin_remove(idx, (size_t)(p - idx->pins));
+    } else if (idx->pins_lost > 0) {
+        idx->pins_lost--;
+    }
+    pthread_mutex_unlock(&idx->lock);
+}
+
+/* Pick unpinned cached blocks, least recently used first, until enough bytes would be freed. */
+static int evict_pick(idx_t *idx, uint64_t budget, struct idx_block **out, size_t *count)
+{
+    struct idx_block *v = NULL, *nv, b;
+    size_t n = 0, cap = 0;
+    uint64_t freed = 0;
+    int r = 0;
+
+    while (freed < idx->cached && idx->cached - freed > budget && n < INT_MAX &&
+           (r = step(idx, S_LRU)) == 1) {
+        if ((r = read_block_row(idx->st[S_LRU], S_LRU, &b)) < 0)
+            break;
+        if (pin_find(idx, b.file) != NULL)
+            continue;
+        if (n == cap) {
+            cap = cap ? cap * 2 : 64;
+            if ((nv = realloc(v, cap * sizeof(*v))) == NULL) {
+                r = -ENOMEM;
+                break;
+            }
+            v = nv;
+        }
+        v[n++] = b;
+        freed += b.len;
+        r = 0;
+    }
+    done(idx, S_LRU);
+    if (r < 0) {
+        free(v);
+        return r;
+    }
+    *out = v;
+    *count = n;
+    return 0;
+}
+
+int idx_evict(idx_t *idx, uint64_t budget, void (*evicted)(void *arg, const struct idx_block *b),
+              void *arg)
+{
+    struct idx_block *v = NULL;
+    size_t n = 0, kept = 0, i;
+    int r;
+
+    pthread_mutex_lock(&idx->lock);
+    if (idx->depth > 0) {
+        r = -EBUSY;
+        goto out;
+    }
+    if (idx->pins_lost > 0) {
+        r = -ENOMEM;
+        goto out;
+    }
+    if ((r = evict_pick(idx, budget, &v, &n)) < 0 || n == 0)
+        goto out;
+    if ((r = op_begin(idx)) < 0)
+        goto out;
+    for (i = 0; i < n; i++) {
+        sqlite3_bind_int64(idx->st[S_BLOCK_UNCACHE], 1, v[i].file);
+        sqlite3_bind_int64(idx->st[S_BLOCK_UNCACHE], 2, (int64_t)v[i].blkno);
+        if ((r = exec(idx, S_BLOCK_UNCACHE)) < 0)
+            break;
+        if (sqlite3_changes(idx->db) == 0)
+            continue;
+        idx->cached -= v[i].len;
+        v[kept] = v[i];
+        v[kept++].cached = false;
+    }
+    if ((r = op_end(idx, r)) < 0)
+        kept = 0;
+out:
+    pthread_mutex_unlock(&idx->lock);
+    for (i = 0; i < kept; i++)
+        if (evicted != NULL)
+            evicted(arg, &v[i]);
+    free(v);
+    return r < 0 ? r : (int)kept;
+}
+
+int idx_check(idx_t *idx)
+{
+    const unsigned char *text;
+    struct idx_file root;
+    int64_t bad, sum;
+    int r, rows = 0;
+
+    pthread_mutex_lock(&idx->lock);
+    while ((r = step(idx, S_CHECK_INTEGRITY)) == 1) {
+        text = sqlite3_column_text(idx->st[S_CHECK_INTEGRITY], 0);
+        if (text == NULL || strcmp((const char *)text, "ok") != 0) {
+            fprintf(stderr, "index: integrity check: %s\n", text ? (const char *)text : "");
+            rows++;
+        }
+    }
+    done(idx, S_CHECK_INTEGRITY);
+    if (r < 0)
+        goto out;
+    if (rows > 0) {
+        r = -EIO;
+        goto out;
+    }
+    if ((r = query_i64(idx, S_CHECK_BLOCKS, &bad)) < 0)
+        goto out;
+    if (bad != 0) {
+        fprintf(stderr, "index: check: %" PRId64 " block rows without their file's version\n", bad);
+        r = -EIO;
+    }
+    if (query_i64(idx, S_CHECK_ORPHANS, &bad) < 0 || bad != 0) {
+        fprintf(stderr, "index: check: %" PRId64 " file rows without a parent\n", bad);
+        r = -EIO;
+    }
+    if (get_locked(idx, IDX_ROOT_ID, &root) < 0 || !S_ISDIR(root.mode) || root.parent != 0) {
+        fprintf(stderr, "index: check: the root row is missing or not a directory\n");
+        r = -EIO;
+    }
+    if (query_i64(idx, S_CACHED_SUM, &sum) < 0 || (uint64_t)sum != idx->cached) {
+        fprintf(stderr, "index: check: cached total is %" PRIu64 ", blocks sum to %" PRId64 "\n",
+                idx->cached, sum);
+        r = -EIO;
+    }
+out:
+    pthread_mutex_unlock(&idx->lock);
+    return r < 0 ? -EIO : 0;
+}

@@ -1,0 +1,5 @@
+offload_unit_test(test_index offload_index)
+offload_integration_test(sshd_smoke)
+offload_integration_test(mount_tree)
+offload_integration_test(mount_errors)
+offload_integration_test(mount_faults)
