@@ -71,6 +71,7 @@ struct mountd {
     fs_stats_server_t *srv;
     struct fuse_session *se;
     int64_t ttl_ns;
+    int64_t epoch_ns; /* when this mount started */
     double ttl_s;
     uint64_t budget;
 
@@ -283,9 +284,17 @@ static int meta_put(struct mountd *m, struct idx_file *f)
     return r;
 }
 
+/* Metadata confirmed by the server during this mount, less than the TTL ago. What earlier
+ * mounts saw is kept (served when the server cannot be asked) but never fresh. */
 static bool fresh(struct mountd *m, int64_t t)
 {
-    return t != 0 && wall_ns() - t < m->ttl_ns;
+    return t >= m->epoch_ns && wall_ns() - t < m->ttl_ns;
+}
+
+/* A failure to ask the server (not an answer from it): expired metadata may then be served. */
+static bool link_error(int r)
+{
+    return r == -EIO || r == -ESTALE || r == -ESHUTDOWN || r == -ETIMEDOUT || r == -EPROTO;
 }
 
 /* Ask the server for (parent, name) and record it. -ENOENT removes the row. */
@@ -330,22 +339,34 @@ static int get_fresh(struct mountd *m, int64_t id, struct idx_file *out)
 
     if ((r = idx_get(m->idx, id, &f)) != 0)
         return r;
-    if (fresh(m, f.attr_time_ns)) {
+    if (fresh(m, f.attr_time_ns) || !tun_sftp_connected(m->sftp)) {
+        /* without a link, what the index knows is the best answer (cached files stay
+         * readable); the kernel is told to ask again soon */
+        if (!fresh(m, f.attr_time_ns))
+            FS_STAT_ADD(&m->st, stale_served, 1);
         *out = f;
         return 0;
     }
     if (id == IDX_ROOT_ID) {
         struct tun_sftp_attr a;
         FS_STAT_ADD(&m->st, meta_fetches, 1);
-        if ((r = tun_sftp_stat(m->sftp, m->root, &a)) != 0)
-            return r;
-        attr_to_file(&a, wall_ns(), &f);
-        if ((r = meta_put(m, &f)) != 0)
-            return r;
-        *out = f;
-        return 0;
+        if ((r = tun_sftp_stat(m->sftp, m->root, &a)) == 0) {
+            attr_to_file(&a, wall_ns(), &f);
+            r = meta_put(m, &f);
+        }
+    } else {
+        struct idx_file cached = f;
+        r = fetch_entry(m, f.parent, f.name, &f);
+        if (r != 0)
+            f = cached;
     }
-    return fetch_entry(m, f.parent, f.name, out);
+    if (link_error(r)) {
+        FS_STAT_ADD(&m->st, stale_served, 1);
+        r = 0;
+    }
+    if (r == 0)
+        *out = f;
+    return r;
 }
 
 static void file_to_stat(const struct idx_file *f, struct stat *st)
@@ -422,6 +443,10 @@ static int refresh_dir(struct mountd *m, int64_t dir)
         return -ENOTDIR;
     if (fresh(m, f.list_time_ns))
         return 0;
+    if (f.list_time_ns != 0 && !tun_sftp_connected(m->sftp)) {
+        FS_STAT_ADD(&m->st, stale_served, 1);
+        return 0; /* an older listing is the best answer without a link */
+    }
     if ((r = node_path(m, dir, path, sizeof(path))) != 0)
         return r;
     c.start = wall_ns();
@@ -435,6 +460,10 @@ static int refresh_dir(struct mountd *m, int64_t dir)
         return 0;
     }
     idx_commit(m->idx); /* what was seen is still true */
+    if (link_error(r) && f.list_time_ns != 0) {
+        FS_STAT_ADD(&m->st, stale_served, 1);
+        return 0;
+    }
     return r ? r : c.err;
 }
 
@@ -472,10 +501,18 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
             return;
         }
     }
-    if (r == 0 && !fresh(m, f.attr_time_ns))
-        r = -EAGAIN;
-    if (r != 0)
+    if (r == 0 && !fresh(m, f.attr_time_ns) && tun_sftp_connected(m->sftp)) {
+        struct idx_file cached = f;
         r = fetch_entry(m, (int64_t)parent, name, &f);
+        if (link_error(r)) {
+            FS_STAT_ADD(&m->st, stale_served, 1);
+            f = cached;
+            r = 0;
+        }
+    } else if (r != 0 && !(r == -ENOENT && p.list_time_ns != 0 &&
+                           !tun_sftp_connected(m->sftp))) {
+        r = fetch_entry(m, (int64_t)parent, name, &f);
+    }
     if (r == -ENOENT) {
         memset(&e, 0, sizeof(e));
         e.entry_timeout = m->ttl_s;
@@ -849,8 +886,11 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     for (uint64_t b = 0; b < of->nblocks && complete; b++)
         complete = of->state[b] == B_CACHED || of->state[b] == B_VERIFIED;
     pthread_mutex_unlock(&of->lock);
-    /* a file not fully cached is opened on the server now, so EACCES reaches open() */
-    if (!complete && (r = of_handle(m, of)) != 0) {
+    /* a file not fully cached is opened on the server now, so EACCES reaches open(); without
+     * a link the open is left to the first read of a missing block (cached blocks stay
+     * readable) */
+    if (!complete && tun_sftp_connected(m->sftp) && (r = of_handle(m, of)) != 0 &&
+        !link_error(r)) {
         of_put(m, of);
         reply_err(req, r);
         return;
@@ -1456,6 +1496,7 @@ int fs_mount_run(const struct fs_mount_opts *o, int ready_fd)
     m->o = *o;
     m->ttl_ns = (int64_t)(o->attr_ttl_ms < 0 ? 20000 : o->attr_ttl_ms) * 1000000;
     m->ttl_s = (double)m->ttl_ns / 1e9;
+    m->epoch_ns = wall_ns();
     m->budget = o->cache_size ? o->cache_size : 10ULL << 30;
     pthread_mutex_init(&m->of_lock, NULL);
     pthread_mutex_init(&m->bg_lock, NULL);
@@ -1502,9 +1543,6 @@ int fs_mount_run(const struct fs_mount_opts *o, int ready_fd)
         fprintf(stderr, "offload: cannot record the root in the index (%d)\n", r);
         goto out;
     }
-    /* a listing cached by an earlier mount is not trusted past the TTL: it is old now */
-    idx_set_listed(m->idx, IDX_ROOT_ID, 0);
-
     if (o->stats_socket)
         snprintf(sock, sizeof(sock), "%s", o->stats_socket);
     else

@@ -84,7 +84,8 @@ struct tun_sftp {
     int n_inflight;
     uint32_t next_id;
     struct buf rx;
-    size_t rx_total; /* bytes received on this connection */
+    size_t rx_total;    /* bytes received on this connection */
+    int64_t busy_since; /* when the in-flight table last went from empty to not empty */
     int64_t last_tx;
 };
 
@@ -1016,7 +1017,8 @@ static int flush_queue(tun_sftp_t *s)
         r->id = s->next_id;
         buf_poke_u32(&r->pkt, 5, r->id);
         s->inflight[r->id % INFLIGHT_SLOTS] = r;
-        s->n_inflight++;
+        if (s->n_inflight++ == 0)
+            s->busy_since = now_ns();
         size_t n = buf_avail(&r->pkt);
         if (ssh_channel_write(s->chan, buf_ptr(&r->pkt), (uint32_t)n) != (int)n)
             return -EPIPE;
@@ -1134,7 +1136,8 @@ static void *owner_main(void *arg)
         pthread_mutex_lock(&s->lock);
         last = s->last_progress;
         pthread_mutex_unlock(&s->lock);
-        if (s->n_inflight > 0 && now - last > (int64_t)s->o.op_timeout_ms * 1000000) {
+        if (s->n_inflight > 0 && now - (last > s->busy_since ? last : s->busy_since) >
+                                     (int64_t)s->o.op_timeout_ms * 1000000) {
             drop_connection(s, "no answer within the operation timeout");
             continue;
         }
@@ -1259,6 +1262,15 @@ void tun_sftp_get_stats(tun_sftp_t *s, struct tun_sftp_stats *st)
     *st = s->st;
     st->connected = s->connected;
     pthread_mutex_unlock(&s->lock);
+}
+
+int tun_sftp_connected(tun_sftp_t *s)
+{
+    int c;
+    pthread_mutex_lock(&s->lock);
+    c = s->connected;
+    pthread_mutex_unlock(&s->lock);
+    return c;
 }
 
 int tun_sftp_has_ext(tun_sftp_t *s, const char *name)

@@ -71,6 +71,8 @@ int tun_sftp_start(const struct tun_sftp_opts *o, tun_sftp_t **out, char *err, s
 void tun_sftp_stop(tun_sftp_t *s);
 
 void tun_sftp_get_stats(tun_sftp_t *s, struct tun_sftp_stats *st);
+/* Is the link up right now? (A hint: it may drop the next moment.) */
+int tun_sftp_connected(tun_sftp_t *s);
 /* Extensions the current server announced (e.g. "statvfs@openssh.com"): 1 yes, 0 no. */
 int tun_sftp_has_ext(tun_sftp_t *s, const char *name);
 

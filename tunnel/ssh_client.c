@@ -210,6 +210,8 @@ int tun_ssh_connect(const struct tun_ssh_opts *o, ssh_session *out, char *err, s
         r = -EINVAL;
         goto fail;
     }
+    /* our verbosity, not the config's LogLevel: libssh's log goes to our stderr */
+    ssh_options_set(s, SSH_OPTIONS_LOG_VERBOSITY, &verbosity);
     if (port)
         ssh_options_set(s, SSH_OPTIONS_PORT, &port);
     if (o->identity && ssh_options_set(s, SSH_OPTIONS_ADD_IDENTITY, o->identity) != 0) {
