@@ -407,26 +407,35 @@ static int reply_err(fuse_req_t req, int negerr)
     return fuse_reply_err(req, e);
 }
 
-/* Refresh the listing of directory 'dir' from the server if it is older than the TTL. */
+/* Refresh the listing of directory 'dir' from the server if it is older than the TTL. The
+ * entries are gathered in memory first, so the index's write lock is not held across round
+ * trips, then recorded in one batch. */
 struct list_ctx {
-    struct mountd *m;
     int64_t dir, start;
-    int err;
+    struct idx_file *v;
+    size_t n, cap;
 };
 
 static int list_each(void *arg, const char *name, const struct tun_sftp_attr *a)
 {
     struct list_ctx *c = arg;
-    struct idx_file f;
+    struct idx_file *f;
 
     if (strlen(name) > IDX_NAME_MAX || strchr(name, '/') != NULL)
         return 0; /* not representable: skip, never fail the listing */
-    memset(&f, 0, sizeof(f));
-    f.parent = c->dir;
-    snprintf(f.name, sizeof(f.name), "%s", name);
-    attr_to_file(a, c->start, &f);
-    if (meta_put(c->m, &f) != 0)
-        c->err = -EIO;
+    if (c->n == c->cap) {
+        size_t cap = c->cap ? c->cap * 2 : 64;
+        struct idx_file *v = realloc(c->v, cap * sizeof(*v));
+        if (v == NULL)
+            return -ENOMEM;
+        c->v = v;
+        c->cap = cap;
+    }
+    f = &c->v[c->n++];
+    memset(f, 0, sizeof(*f));
+    f->parent = c->dir;
+    snprintf(f->name, sizeof(f->name), "%s", name);
+    attr_to_file(a, c->start, f);
     return 0;
 }
 
@@ -434,7 +443,7 @@ static int refresh_dir(struct mountd *m, int64_t dir)
 {
     char path[PATH_MAX];
     struct idx_file f;
-    struct list_ctx c = {.m = m, .dir = dir};
+    struct list_ctx c = {.dir = dir};
     int r;
 
     if ((r = idx_get(m->idx, dir, &f)) != 0)
@@ -451,20 +460,26 @@ static int refresh_dir(struct mountd *m, int64_t dir)
         return r;
     c.start = wall_ns();
     FS_STAT_ADD(&m->st, meta_fetches, 1);
-    idx_begin(m->idx);
     r = tun_sftp_listdir(m->sftp, path, list_each, &c);
-    if (r == 0 && c.err == 0) {
-        idx_prune_children(m->idx, dir, c.start, gone_cb, m);
-        idx_set_listed(m->idx, dir, c.start);
-        idx_commit(m->idx);
-        return 0;
+    if (r == 0) {
+        idx_begin(m->idx);
+        for (size_t i = 0; i < c.n && r == 0; i++)
+            r = meta_put(m, &c.v[i]);
+        if (r == 0)
+            r = idx_prune_children(m->idx, dir, c.start, gone_cb, m);
+        if (r == 0)
+            r = idx_set_listed(m->idx, dir, c.start);
+        if (r == 0)
+            r = idx_commit(m->idx);
+        else
+            idx_rollback(m->idx);
     }
-    idx_commit(m->idx); /* what was seen is still true */
+    free(c.v);
     if (link_error(r) && f.list_time_ns != 0) {
         FS_STAT_ADD(&m->st, stale_served, 1);
         return 0;
     }
-    return r ? r : c.err;
+    return r;
 }
 
 /* ---- FUSE: metadata ops ---- */
