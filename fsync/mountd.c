@@ -44,6 +44,8 @@ struct ofile {
 
     pthread_mutex_t lock; /* protects everything below */
     pthread_cond_t cond;  /* broadcast when blocks change state or the handle opens */
+    bool loaded;          /* state and cache file set up (lazily, at the first read) */
+    struct idx_file want; /* the version to load at the first read */
     uint64_t version, size;
     int64_t mtime_ns;
     int fd;
@@ -82,6 +84,8 @@ struct mountd {
     pthread_cond_t bg_cond;
     struct idx_block *pend;    /* block rows waiting for the flusher */
     size_t n_pend, cap_pend;
+    int64_t *touch;            /* files whose blocks were just used (LRU), batched */
+    size_t n_touch, cap_touch;
     fuse_ino_t *inval;         /* inodes whose kernel caches must go */
     size_t n_inval, cap_inval;
     bool stopping;
@@ -127,6 +131,23 @@ static void queue_inval(struct mountd *m, fuse_ino_t ino)
     pthread_mutex_unlock(&m->bg_lock);
 }
 
+static void queue_touch(struct mountd *m, int64_t id)
+{
+    pthread_mutex_lock(&m->bg_lock);
+    if (m->n_touch == m->cap_touch) {
+        size_t cap = m->cap_touch ? m->cap_touch * 2 : 64;
+        int64_t *n = realloc(m->touch, cap * sizeof(*n));
+        if (n == NULL) {
+            pthread_mutex_unlock(&m->bg_lock);
+            return; /* LRU order is a hint; losing one touch is harmless */
+        }
+        m->touch = n;
+        m->cap_touch = cap;
+    }
+    m->touch[m->n_touch++] = id;
+    pthread_mutex_unlock(&m->bg_lock);
+}
+
 static void queue_block(struct mountd *m, const struct idx_block *b)
 {
     pthread_mutex_lock(&m->bg_lock);
@@ -155,19 +176,30 @@ static void flush_blocks(struct mountd *m)
     struct idx_block *p;
     size_t n;
 
+    int64_t *t;
+    size_t nt;
+
     pthread_mutex_lock(&m->bg_lock);
     p = m->pend;
     n = m->n_pend;
     m->pend = NULL;
     m->n_pend = m->cap_pend = 0;
+    t = m->touch;
+    nt = m->n_touch;
+    m->touch = NULL;
+    m->n_touch = m->cap_touch = 0;
     pthread_mutex_unlock(&m->bg_lock);
-    if (n) {
+    if (n || nt) {
         idx_begin(m->idx);
         for (size_t i = 0; i < n; i++)
             idx_block_put(m->idx, &p[i]); /* -ESTALE: the file moved on, drop the row */
+        for (size_t i = 0; i < nt; i++)
+            if (i == 0 || t[i] != t[i - 1])
+                idx_blocks_touch(m->idx, t[i]);
         idx_commit(m->idx);
     }
     free(p);
+    free(t);
     if (idx_cached_bytes(m->idx) > m->budget)
         idx_evict(m->idx, m->budget / 10 * 9, evicted_cb, m);
 }
@@ -758,6 +790,7 @@ static int of_load(struct mountd *m, struct ofile *of, const struct idx_file *f)
     of->version = f->version;
     of->size = f->size;
     of->mtime_ns = f->mtime_ns;
+    of->loaded = true;
     of->changed = false;
     of->err = 0;
     of->next_seq = 0;
@@ -779,8 +812,10 @@ static struct ofile *of_get(struct mountd *m, const struct idx_file *f, int *err
         of->refs++;
         pthread_mutex_unlock(&m->of_lock);
         pthread_mutex_lock(&of->lock);
-        if (of->version != f->version)
+        if (of->loaded && of->version != f->version)
             *err = of_load(m, of, f);
+        else if (!of->loaded)
+            of->want = *f;
         pthread_mutex_unlock(&of->lock);
         return of;
     }
@@ -796,12 +831,8 @@ static struct ofile *of_get(struct mountd *m, const struct idx_file *f, int *err
     pthread_mutex_init(&of->lock, NULL);
     pthread_cond_init(&of->cond, NULL);
     idx_pin(m->idx, f->id);
-    if ((*err = of_load(m, of, f)) != 0) {
-        idx_unpin(m->idx, f->id);
-        pthread_mutex_unlock(&m->of_lock);
-        free(of);
-        return NULL;
-    }
+    of->want = *f; /* loaded at the first read: a file served from the page cache never is */
+    *err = 0;
     of->next = m->ofiles;
     m->ofiles = of;
     pthread_mutex_unlock(&m->of_lock);
@@ -825,7 +856,7 @@ static void of_put(struct mountd *m, struct ofile *of)
     pthread_mutex_unlock(&m->of_lock);
     if (of->have_handle)
         tun_sftp_close_async(m->sftp, &of->h);
-    idx_blocks_touch(m->idx, of->id);
+    queue_touch(m, of->id);
     idx_unpin(m->idx, of->id);
     if (of->fd >= 0)
         close(of->fd);
@@ -875,7 +906,6 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     struct mountd *m = M(req);
     struct idx_file f;
     struct ofile *of;
-    bool complete = true;
     int r;
 
     if ((fi->flags & O_ACCMODE) != O_RDONLY) {
@@ -894,19 +924,6 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
         if (of)
             of_put(m, of);
         logmsg(m, "cannot open the cache of '%s': %s", f.name, strerror(-r));
-        reply_err(req, r);
-        return;
-    }
-    pthread_mutex_lock(&of->lock);
-    for (uint64_t b = 0; b < of->nblocks && complete; b++)
-        complete = of->state[b] == B_CACHED || of->state[b] == B_VERIFIED;
-    pthread_mutex_unlock(&of->lock);
-    /* a file not fully cached is opened on the server now, so EACCES reaches open(); without
-     * a link the open is left to the first read of a missing block (cached blocks stay
-     * readable) */
-    if (!complete && tun_sftp_connected(m->sftp) && (r = of_handle(m, of)) != 0 &&
-        !link_error(r)) {
-        of_put(m, of);
         reply_err(req, r);
         return;
     }
@@ -1167,6 +1184,11 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
     }
 again:
     pthread_mutex_lock(&of->lock);
+    if (!of->loaded && (r = of_load(m, of, &of->want)) != 0) {
+        pthread_mutex_unlock(&of->lock);
+        logmsg(m, "cannot open the cache of '%s': %s", of->want.name, strerror(-r));
+        goto fail;
+    }
     if (of->changed) {
         pthread_mutex_unlock(&of->lock);
         if (++tries > FETCH_TRIES || (r = of_revalidate(m, of)) != 0)
@@ -1485,6 +1507,7 @@ static int open_cache(struct mountd *m)
         fprintf(stderr, "offload: cannot open the block index '%s': %s\n", dbpath, strerror(-r));
         return r;
     }
+    idx_set_exclusive(m->idx); /* mountd is the index's only user while mounted */
     if (idx_meta_get(m->idx, "remote", owner, sizeof(owner)) == 0 && strcmp(owner, want) != 0) {
         fprintf(stderr, "offload: cache dir '%s' belongs to '%s', not '%s': give another "
                         "--cache-dir or remove it\n",
@@ -1646,6 +1669,7 @@ out:
     if (m->idx)
         idx_close(m->idx);
     free(m->pend);
+    free(m->touch);
     free(m->inval);
     free(m);
     return status;

@@ -856,6 +856,21 @@ out:
     return r;
 }
 
+int idx_set_exclusive(idx_t *idx)
+{
+    char *msg = NULL;
+    int r = 0;
+
+    pthread_mutex_lock(&idx->lock);
+    if (sqlite3_exec(idx->db, "PRAGMA locking_mode=EXCLUSIVE", NULL, NULL, &msg) != SQLITE_OK) {
+        fprintf(stderr, "index: cannot set exclusive locking: %s\n", msg ? msg : "?");
+        r = -EIO;
+    }
+    sqlite3_free(msg);
+    pthread_mutex_unlock(&idx->lock);
+    return r;
+}
+
 void idx_close(idx_t *idx)
 {
     int i;

@@ -57,6 +57,11 @@ struct idx_block {
  * build is refused with -EPROTO. On success *out owns the handle; free with idx_close(). */
 int idx_open(const char *path, idx_t **out);
 
+/* Claim the database for this process alone (SQLite's exclusive locking mode): no file lock
+ * and no shared-memory index per transaction, so each batch is cheaper. Other processes cannot
+ * open it until idx_close(). For a daemon that is the database's only user. */
+int idx_set_exclusive(idx_t *idx);
+
 /* Close the handle, committing nothing that was not committed (an open batch is rolled back). */
 void idx_close(idx_t *idx);
 
