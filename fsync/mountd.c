@@ -89,7 +89,10 @@ struct mountd {
     fuse_ino_t *inval;         /* inodes whose kernel caches must go */
     size_t n_inval, cap_inval;
     bool stopping;
-    pthread_t flusher, invalidator;
+    struct batch *done_head, *done_tail; /* fetched batches for the writer */
+    pthread_cond_t done_cond;
+    bool writer_stop;
+    pthread_t flusher, invalidator, writer;
 };
 
 static int64_t wall_ns(void)
@@ -854,7 +857,7 @@ static void of_put(struct mountd *m, struct ofile *of)
             break;
         }
     pthread_mutex_unlock(&m->of_lock);
-    if (of->have_handle)
+    if (of->have_handle && m->sftp)
         tun_sftp_close_async(m->sftp, &of->h);
     queue_touch(m, of->id);
     idx_unpin(m->idx, of->id);
@@ -951,6 +954,7 @@ struct slot {
 };
 
 struct batch {
+    struct batch *next; /* in the writer's queue */
     struct mountd *m;
     struct ofile *of; /* holds a reference */
     uint64_t first;
@@ -1011,6 +1015,47 @@ static void batch_finish(struct batch *b)
     free(b);
 }
 
+/* Completed batches go to the writer thread: the owner thread only decrypts and copies, the
+ * writer does the disk write and the hash, so the two overlap. */
+static void batch_done(struct batch *b)
+{
+    struct mountd *m = b->m;
+
+    pthread_mutex_lock(&m->bg_lock);
+    b->next = NULL;
+    if (m->done_tail)
+        m->done_tail->next = b;
+    else
+        m->done_head = b;
+    m->done_tail = b;
+    pthread_cond_broadcast(&m->done_cond);
+    pthread_mutex_unlock(&m->bg_lock);
+}
+
+static void *writer_main(void *arg)
+{
+    struct mountd *m = arg;
+
+    pthread_mutex_lock(&m->bg_lock);
+    for (;;) {
+        struct batch *b = m->done_head;
+        if (b == NULL) {
+            if (m->writer_stop)
+                break;
+            pthread_cond_wait(&m->done_cond, &m->bg_lock);
+            continue;
+        }
+        m->done_head = b->next;
+        if (m->done_head == NULL)
+            m->done_tail = NULL;
+        pthread_mutex_unlock(&m->bg_lock);
+        batch_finish(b);
+        pthread_mutex_lock(&m->bg_lock);
+    }
+    pthread_mutex_unlock(&m->bg_lock);
+    return NULL;
+}
+
 static void fetch_read_done(void *arg, int err, const uint8_t *data, uint32_t n)
 {
     struct slot *s = arg;
@@ -1025,7 +1070,7 @@ static void fetch_read_done(void *arg, int err, const uint8_t *data, uint32_t n)
         b->got[s->i] = n;
     }
     if (__atomic_sub_fetch(&b->pending, 1, __ATOMIC_ACQ_REL) == 0)
-        batch_finish(b);
+        batch_done(b);
 }
 
 static void fetch_attr_done(void *arg, int err, const struct tun_sftp_attr *a)
@@ -1038,7 +1083,7 @@ static void fetch_attr_done(void *arg, int err, const struct tun_sftp_attr *a)
         (a->size != b->expect_size || (int64_t)a->mtime * 1000000000 != b->expect_mtime_ns))
         b->err = CHANGED;
     if (__atomic_sub_fetch(&b->pending, 1, __ATOMIC_ACQ_REL) == 0)
-        batch_finish(b);
+        batch_done(b);
 }
 
 /* Send one batch for blocks [first, first+n), all marked B_FETCHING by the caller.
@@ -1539,6 +1584,7 @@ int fs_mount_run(const struct fs_mount_opts *o, int ready_fd)
     pthread_mutex_init(&m->of_lock, NULL);
     pthread_mutex_init(&m->bg_lock, NULL);
     pthread_cond_init(&m->bg_cond, NULL);
+    pthread_cond_init(&m->done_cond, NULL);
 
     /* the mountpoint first: the cheapest check */
     if (realpath(o->mountpoint, real_mp) == NULL || stat(real_mp, &st) != 0) {
@@ -1626,6 +1672,7 @@ int fs_mount_run(const struct fs_mount_opts *o, int ready_fd)
     mounted = true;
     pthread_create(&m->flusher, NULL, flusher_main, m);
     pthread_create(&m->invalidator, NULL, invalidator_main, m);
+    pthread_create(&m->writer, NULL, writer_main, m);
     if (ready_fd >= 0) {
         /* detached: from now on the log goes to the cache dir, the terminal is released */
         char logpath[PATH_MAX + 16];
@@ -1653,6 +1700,18 @@ int fs_mount_run(const struct fs_mount_opts *o, int ready_fd)
     pthread_mutex_unlock(&m->bg_lock);
     pthread_join(m->flusher, NULL);
     pthread_join(m->invalidator, NULL);
+    /* the writer drains what the network already delivered; what is still in flight is
+     * completed (with an error) when the sftp client stops, after the writer is gone, so
+     * stop the client first (and the counters, which read it) */
+    fs_stats_stop(m->srv);
+    m->srv = NULL;
+    tun_sftp_stop(m->sftp);
+    m->sftp = NULL;
+    pthread_mutex_lock(&m->bg_lock);
+    m->writer_stop = true;
+    pthread_cond_broadcast(&m->done_cond);
+    pthread_mutex_unlock(&m->bg_lock);
+    pthread_join(m->writer, NULL);
     flush_blocks(m);
     logmsg(m, "unmounted '%s'", real_mp);
 out:

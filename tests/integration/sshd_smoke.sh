@@ -3,6 +3,7 @@
 # OpenSSH's sftp client, sshfs over FUSE, and tree_equal (which must see a
 # mounted copy as equal and must catch each kind of difference).
 set -euo pipefail
+# shellcheck source=lib.sh source-path=SCRIPTDIR
 . "$(dirname "$0")/lib.sh"
 
 [[ -x $GEN_TREE ]] || fail "no gen_tree at '$GEN_TREE' (set GEN_TREE)"
