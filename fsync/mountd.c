@@ -34,6 +34,9 @@
 #define RA_MAX 64     /* at most 4 MiB ahead */
 #define BATCH_MAX 8   /* blocks per verified batch (each batch ends with an fstat) */
 #define FETCH_TRIES 3 /* a read retries this often after a stale handle or a change */
+#define PF_THREADS 4  /* directory listings prefetched in parallel */
+#define PF_DEPTH 3    /* levels below a listing somebody asked for */
+#define PF_QUEUE_MAX 4096
 
 enum bstate { B_MISSING = 0, B_CACHED, B_VERIFIED, B_FETCHING };
 
@@ -89,6 +92,14 @@ struct mountd {
     fuse_ino_t *inval;         /* inodes whose kernel caches must go */
     size_t n_inval, cap_inval;
     bool stopping;
+    /* directory prefetch: listings of subdirectories before anyone asks (protected by
+     * bg_lock; dirs being listed are in 'listing' so a listing is never done twice at once) */
+    struct pf_item { int64_t dir; int depth; } *pf;
+    size_t n_pf, cap_pf;
+    int64_t listing[64];
+    int n_listing;
+    pthread_cond_t list_cond;
+    pthread_t prefetchers[PF_THREADS];
     struct batch *done_head, *done_tail; /* fetched batches for the writer */
     pthread_cond_t done_cond;
     bool writer_stop;
@@ -474,7 +485,83 @@ static int list_each(void *arg, const char *name, const struct tun_sftp_attr *a)
     return 0;
 }
 
-static int refresh_dir(struct mountd *m, int64_t dir)
+static void queue_prefetch(struct mountd *m, const struct list_ctx *c, int depth)
+{
+    if (depth <= 0)
+        return;
+    pthread_mutex_lock(&m->bg_lock);
+    for (size_t i = 0; i < c->n && m->n_pf < PF_QUEUE_MAX; i++) {
+        if (!S_ISDIR(c->v[i].mode) || c->v[i].id == 0)
+            continue;
+        if (m->n_pf == m->cap_pf) {
+            size_t cap = m->cap_pf ? m->cap_pf * 2 : 256;
+            struct pf_item *n = realloc(m->pf, cap * sizeof(*n));
+            if (n == NULL)
+                break;
+            m->pf = n;
+            m->cap_pf = cap;
+        }
+        m->pf[m->n_pf].dir = c->v[i].id;
+        m->pf[m->n_pf].depth = depth;
+        m->n_pf++;
+    }
+    pthread_cond_broadcast(&m->bg_cond);
+    pthread_mutex_unlock(&m->bg_lock);
+}
+
+static int refresh_dir_once(struct mountd *m, int64_t dir, int depth);
+
+/* Refresh a listing, never twice at once: a second caller waits for the first. */
+static int refresh_dir(struct mountd *m, int64_t dir, int depth)
+{
+    int r, i;
+
+    pthread_mutex_lock(&m->bg_lock);
+    for (;;) {
+        for (i = 0; i < m->n_listing; i++)
+            if (m->listing[i] == dir)
+                break;
+        if (i == m->n_listing && m->n_listing < (int)(sizeof(m->listing) / sizeof(m->listing[0])))
+            break;
+        pthread_cond_wait(&m->list_cond, &m->bg_lock);
+    }
+    m->listing[m->n_listing++] = dir;
+    pthread_mutex_unlock(&m->bg_lock);
+
+    r = refresh_dir_once(m, dir, depth);
+
+    pthread_mutex_lock(&m->bg_lock);
+    for (i = 0; i < m->n_listing; i++)
+        if (m->listing[i] == dir) {
+            m->listing[i] = m->listing[--m->n_listing];
+            break;
+        }
+    pthread_cond_broadcast(&m->list_cond);
+    pthread_mutex_unlock(&m->bg_lock);
+    return r;
+}
+
+static void *prefetch_main(void *arg)
+{
+    struct mountd *m = arg;
+
+    pthread_mutex_lock(&m->bg_lock);
+    while (!m->stopping) {
+        if (m->n_pf == 0) {
+            pthread_cond_wait(&m->bg_cond, &m->bg_lock);
+            continue;
+        }
+        struct pf_item it = m->pf[--m->n_pf]; /* newest first: near what was just read */
+        pthread_mutex_unlock(&m->bg_lock);
+        if (tun_sftp_connected(m->sftp))
+            refresh_dir(m, it.dir, it.depth);
+        pthread_mutex_lock(&m->bg_lock);
+    }
+    pthread_mutex_unlock(&m->bg_lock);
+    return NULL;
+}
+
+static int refresh_dir_once(struct mountd *m, int64_t dir, int depth)
 {
     char path[PATH_MAX];
     struct idx_file f;
@@ -508,6 +595,8 @@ static int refresh_dir(struct mountd *m, int64_t dir)
             r = idx_commit(m->idx);
         else
             idx_rollback(m->idx);
+        if (r == 0)
+            queue_prefetch(m, &c, depth - 1);
     }
     free(c.v);
     if (link_error(r) && f.list_time_ns != 0) {
@@ -559,8 +648,9 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
             f = cached;
             r = 0;
         }
-    } else if (r != 0 && !(r == -ENOENT && p.list_time_ns != 0 &&
-                           !tun_sftp_connected(m->sftp))) {
+    } else if (r != 0) {
+        /* not in the index: only the server can say; without a link that is an error, not
+         * a "no such file" the server never said */
         r = fetch_entry(m, (int64_t)parent, name, &f);
     }
     if (r == -ENOENT) {
@@ -625,7 +715,7 @@ static void op_readlink(fuse_req_t req, fuse_ino_t ino)
 static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
     struct mountd *m = M(req);
-    int r = refresh_dir(m, (int64_t)ino);
+    int r = refresh_dir(m, (int64_t)ino, PF_DEPTH + 1);
 
     if (r == -ENOENT && ino != FUSE_ROOT_ID)
         r = -ESTALE;
@@ -955,6 +1045,7 @@ struct slot {
 
 struct batch {
     struct batch *next; /* in the writer's queue */
+    bool demand;        /* a reader waits for it: finished on the owner thread, no hand-off */
     struct mountd *m;
     struct ofile *of; /* holds a reference */
     uint64_t first;
@@ -1021,6 +1112,10 @@ static void batch_done(struct batch *b)
 {
     struct mountd *m = b->m;
 
+    if (b->demand) {
+        batch_finish(b);
+        return;
+    }
     pthread_mutex_lock(&m->bg_lock);
     b->next = NULL;
     if (m->done_tail)
@@ -1088,7 +1183,8 @@ static void fetch_attr_done(void *arg, int err, const struct tun_sftp_attr *a)
 
 /* Send one batch for blocks [first, first+n), all marked B_FETCHING by the caller.
  * Called without of->lock. On failure the blocks are put back to B_MISSING. */
-static int send_batch(struct mountd *m, struct ofile *of, uint64_t first, uint32_t n)
+static int send_batch(struct mountd *m, struct ofile *of, uint64_t first, uint32_t n,
+                      bool demand)
 {
     struct batch *b = calloc(1, sizeof(*b));
     struct tun_sftp_handle h;
@@ -1100,6 +1196,7 @@ static int send_batch(struct mountd *m, struct ofile *of, uint64_t first, uint32
     if (b == NULL || (b->data = malloc((size_t)n * FS_BLOCK_SIZE)) == NULL)
         goto fail;
     b->m = m;
+    b->demand = demand;
     b->of = of;
     b->first = first;
     b->n = n;
@@ -1144,7 +1241,8 @@ fail:
 }
 
 /* Send batches for the runs of blocks in list[0..n) (sorted). */
-static int send_runs(struct mountd *m, struct ofile *of, const uint64_t *list, size_t n)
+static int send_runs(struct mountd *m, struct ofile *of, const uint64_t *list, size_t n,
+                     bool demand)
 {
     size_t i = 0;
     int r = 0;
@@ -1153,7 +1251,7 @@ static int send_runs(struct mountd *m, struct ofile *of, const uint64_t *list, s
         size_t j = i + 1;
         while (j < n && list[j] == list[j - 1] + 1 && j - i < BATCH_MAX)
             j++;
-        int e = send_batch(m, of, list[i], (uint32_t)(j - i));
+        int e = send_batch(m, of, list[i], (uint32_t)(j - i), demand);
         if (e != 0 && r == 0)
             r = e;
         i = j;
@@ -1178,8 +1276,13 @@ static int of_revalidate(struct mountd *m, struct ofile *of)
         /* same identity: the change was only a touch of the mtime within one version */
         of->changed = false;
     }
-    of->have_handle = false; /* reopen: a handle follows the old inode after a replace */
+    /* reopen: a handle follows the old inode after a replace */
+    struct tun_sftp_handle old = of->h;
+    bool had = of->have_handle;
+    of->have_handle = false;
     pthread_mutex_unlock(&of->lock);
+    if (had)
+        tun_sftp_close_async(m->sftp, &old);
     queue_inval(m, (fuse_ino_t)of->id);
     return r;
 }
@@ -1297,9 +1400,9 @@ again:
             pthread_mutex_unlock(&of->lock);
             goto fail;
         }
-        send_runs(m, of, need, n_need);
+        send_runs(m, of, need, n_need, true);
         FS_STAT_ADD(&m->st, readahead_blocks, n_ra);
-        send_runs(m, of, ra, n_ra);
+        send_runs(m, of, ra, n_ra, false);
     }
 
     /* wait until every block of the range is settled */
@@ -1585,6 +1688,7 @@ int fs_mount_run(const struct fs_mount_opts *o, int ready_fd)
     pthread_mutex_init(&m->bg_lock, NULL);
     pthread_cond_init(&m->bg_cond, NULL);
     pthread_cond_init(&m->done_cond, NULL);
+    pthread_cond_init(&m->list_cond, NULL);
 
     /* the mountpoint first: the cheapest check */
     if (realpath(o->mountpoint, real_mp) == NULL || stat(real_mp, &st) != 0) {
@@ -1673,6 +1777,8 @@ int fs_mount_run(const struct fs_mount_opts *o, int ready_fd)
     pthread_create(&m->flusher, NULL, flusher_main, m);
     pthread_create(&m->invalidator, NULL, invalidator_main, m);
     pthread_create(&m->writer, NULL, writer_main, m);
+    for (int i = 0; i < PF_THREADS; i++)
+        pthread_create(&m->prefetchers[i], NULL, prefetch_main, m);
     if (ready_fd >= 0) {
         /* detached: from now on the log goes to the cache dir, the terminal is released */
         char logpath[PATH_MAX + 16];
@@ -1700,6 +1806,8 @@ int fs_mount_run(const struct fs_mount_opts *o, int ready_fd)
     pthread_mutex_unlock(&m->bg_lock);
     pthread_join(m->flusher, NULL);
     pthread_join(m->invalidator, NULL);
+    for (int i = 0; i < PF_THREADS; i++)
+        pthread_join(m->prefetchers[i], NULL);
     /* the writer drains what the network already delivered; what is still in flight is
      * completed (with an error) when the sftp client stops, after the writer is gone, so
      * stop the client first (and the counters, which read it) */
@@ -1729,6 +1837,7 @@ out:
         idx_close(m->idx);
     free(m->pend);
     free(m->touch);
+    free(m->pf);
     free(m->inval);
     free(m);
     return status;

@@ -24,16 +24,6 @@
 
 #include <libssh/libssh.h>
 
-enum {
-    FXP_INIT = 1, FXP_VERSION = 2, FXP_OPEN = 3, FXP_CLOSE = 4, FXP_READ = 5, FXP_LSTAT = 7,
-    FXP_FSTAT = 8, FXP_OPENDIR = 11, FXP_READDIR = 12, FXP_REALPATH = 16, FXP_STAT = 17,
-    FXP_READLINK = 19, FXP_STATUS = 101, FXP_HANDLE = 102, FXP_DATA = 103, FXP_NAME = 104,
-    FXP_ATTRS = 105, FXP_EXTENDED = 200, FXP_EXTENDED_REPLY = 201,
-};
-enum { FX_OK = 0, FX_EOF = 1, FX_NO_SUCH_FILE = 2, FX_PERMISSION_DENIED = 3, FX_FAILURE = 4,
-       FX_BAD_MESSAGE = 5, FX_NO_CONNECTION = 6, FX_CONNECTION_LOST = 7, FX_OP_UNSUPPORTED = 8 };
-#define FXF_READ 0x00000001
-
 #define PKT_MAX (256 * 1024 + 1024) /* largest reply accepted: OpenSSH's own limit */
 #define INFLIGHT_SLOTS 1024         /* requests on the wire at once */
 #define EXT_MAX 16
@@ -96,19 +86,12 @@ static int64_t now_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-static int status_errno(uint32_t code)
+
+/* A STATUS payload as a negative errno (0 for OK); a malformed one is -EIO. */
+static int parse_status(struct buf *b)
 {
-    switch (code) {
-    case FX_OK: return 0;
-    case FX_EOF: return -ENODATA;
-    case FX_NO_SUCH_FILE: return -ENOENT;
-    case FX_PERMISSION_DENIED: return -EACCES;
-    case FX_BAD_MESSAGE: return -EBADMSG;
-    case FX_NO_CONNECTION:
-    case FX_CONNECTION_LOST: return -EIO;
-    case FX_OP_UNSUPPORTED: return -EOPNOTSUPP;
-    default: return -EIO;
-    }
+    uint32_t code;
+    return sfc_get_status(b, &code) != 0 ? -EIO : sfc_status_errno(code);
 }
 
 static void wake(tun_sftp_t *s)
@@ -251,45 +234,7 @@ static void sync_release(struct sync_ctx *c)
     }
 }
 
-static int parse_status(struct buf *b)
-{
-    uint32_t code;
-    if (buf_get_u32(b, &code) != 0)
-        return -EBADMSG;
-    return status_errno(code);
-}
 
-static int parse_attr(struct buf *b, struct tun_sftp_attr *a)
-{
-    uint32_t flags, n;
-    int r;
-
-    memset(a, 0, sizeof(*a));
-    if ((r = buf_get_u32(b, &flags)) != 0)
-        return r;
-    a->flags = flags;
-    if ((flags & TUN_SFTP_ATTR_SIZE) && (r = buf_get_u64(b, &a->size)) != 0)
-        return r;
-    if ((flags & TUN_SFTP_ATTR_UIDGID) &&
-        ((r = buf_get_u32(b, &a->uid)) != 0 || (r = buf_get_u32(b, &a->gid)) != 0))
-        return r;
-    if ((flags & TUN_SFTP_ATTR_PERMISSIONS) && (r = buf_get_u32(b, &a->perm)) != 0)
-        return r;
-    if ((flags & TUN_SFTP_ATTR_ACMODTIME) &&
-        ((r = buf_get_u32(b, &a->atime)) != 0 || (r = buf_get_u32(b, &a->mtime)) != 0))
-        return r;
-    if (flags & TUN_SFTP_ATTR_EXTENDED) {
-        if ((r = buf_get_u32(b, &n)) != 0)
-            return r;
-        for (uint32_t i = 0; i < n; i++) {
-            const uint8_t *p;
-            uint32_t l;
-            if ((r = buf_get_string(b, &p, &l)) != 0 || (r = buf_get_string(b, &p, &l)) != 0)
-                return r;
-        }
-    }
-    return 0;
-}
 
 /* A request whose reply is STATUS (ok or error) or ATTRS. */
 static int call_attr(tun_sftp_t *s, struct req *r, struct tun_sftp_attr *a)
@@ -299,9 +244,9 @@ static int call_attr(tun_sftp_t *s, struct req *r, struct tun_sftp_attr *a)
 
     if ((err = call(s, r, &c)) != 0)
         return err;
-    if (c->w.type == FXP_ATTRS)
-        err = parse_attr(&c->w.reply, a) ? -EIO : 0;
-    else if (c->w.type == FXP_STATUS)
+    if (c->w.type == SFC_ATTRS)
+        err = sfc_get_attr(&c->w.reply, a) ? -EIO : 0;
+    else if (c->w.type == SFC_STATUS)
         err = parse_status(&c->w.reply) ?: -EIO;
     else
         err = -EIO;
@@ -316,7 +261,7 @@ static int call_status(tun_sftp_t *s, struct req *r)
 
     if ((err = call(s, r, &c)) != 0)
         return err;
-    err = c->w.type == FXP_STATUS ? parse_status(&c->w.reply) : -EIO;
+    err = c->w.type == SFC_STATUS ? parse_status(&c->w.reply) : -EIO;
     sync_release(c);
     return err;
 }
@@ -350,28 +295,28 @@ static int handle_req(uint8_t type, const struct tun_sftp_handle *h, struct req 
 int tun_sftp_lstat(tun_sftp_t *s, const char *path, struct tun_sftp_attr *a)
 {
     struct req *r;
-    int err = path_req(FXP_LSTAT, path, &r);
+    int err = path_req(SFC_LSTAT, path, &r);
     return err ? err : call_attr(s, r, a);
 }
 
 int tun_sftp_stat(tun_sftp_t *s, const char *path, struct tun_sftp_attr *a)
 {
     struct req *r;
-    int err = path_req(FXP_STAT, path, &r);
+    int err = path_req(SFC_STAT, path, &r);
     return err ? err : call_attr(s, r, a);
 }
 
 int tun_sftp_fstat(tun_sftp_t *s, const struct tun_sftp_handle *h, struct tun_sftp_attr *a)
 {
     struct req *r;
-    int err = handle_req(FXP_FSTAT, h, &r);
+    int err = handle_req(SFC_FSTAT, h, &r);
     return err ? err : call_attr(s, r, a);
 }
 
 int tun_sftp_close(tun_sftp_t *s, const struct tun_sftp_handle *h)
 {
     struct req *r;
-    int err = handle_req(FXP_CLOSE, h, &r);
+    int err = handle_req(SFC_CLOSE, h, &r);
     return err ? err : call_status(s, r);
 }
 
@@ -383,7 +328,7 @@ static void ignore_done(struct req *r, int err, uint8_t type, struct buf *payloa
 void tun_sftp_close_async(tun_sftp_t *s, const struct tun_sftp_handle *h)
 {
     struct req *r;
-    if (handle_req(FXP_CLOSE, h, &r) == 0 && submit(s, r, ignore_done, NULL) != 0)
+    if (handle_req(SFC_CLOSE, h, &r) == 0 && submit(s, r, ignore_done, NULL) != 0)
         req_free(r);
 }
 
@@ -396,12 +341,12 @@ static int call_name1(tun_sftp_t *s, struct req *r, char *out, size_t outlen)
 
     if ((err = call(s, r, &c)) != 0)
         return err;
-    if (c->w.type == FXP_NAME) {
+    if (c->w.type == SFC_NAME) {
         if (buf_get_u32(&c->w.reply, &count) != 0 || count != 1)
             err = -EIO;
         else if (buf_get_cstring(&c->w.reply, out, outlen) != 0)
             err = -ENAMETOOLONG;
-    } else if (c->w.type == FXP_STATUS) {
+    } else if (c->w.type == SFC_STATUS) {
         err = parse_status(&c->w.reply) ?: -EIO;
     } else {
         err = -EIO;
@@ -413,14 +358,14 @@ static int call_name1(tun_sftp_t *s, struct req *r, char *out, size_t outlen)
 int tun_sftp_realpath(tun_sftp_t *s, const char *path, char *out, size_t outlen)
 {
     struct req *r;
-    int err = path_req(FXP_REALPATH, path, &r);
+    int err = path_req(SFC_REALPATH, path, &r);
     return err ? err : call_name1(s, r, out, outlen);
 }
 
 int tun_sftp_readlink(tun_sftp_t *s, const char *path, char *out, size_t outlen)
 {
     struct req *r;
-    int err = path_req(FXP_READLINK, path, &r);
+    int err = path_req(SFC_READLINK, path, &r);
     return err ? err : call_name1(s, r, out, outlen);
 }
 
@@ -434,14 +379,14 @@ static int call_handle(tun_sftp_t *s, struct req *r, struct tun_sftp_handle *h)
 
     if ((err = call(s, r, &c)) != 0)
         return err;
-    if (c->w.type == FXP_HANDLE) {
+    if (c->w.type == SFC_HANDLE) {
         if (buf_get_string(&c->w.reply, &p, &n) != 0 || n == 0 || n > TUN_SFTP_HANDLE_MAX) {
             err = -EIO;
         } else {
             memcpy(h->data, p, n);
             h->len = n;
         }
-    } else if (c->w.type == FXP_STATUS) {
+    } else if (c->w.type == SFC_STATUS) {
         err = parse_status(&c->w.reply) ?: -EIO;
     } else {
         err = -EIO;
@@ -467,9 +412,9 @@ int tun_sftp_open(tun_sftp_t *s, const char *path, struct tun_sftp_handle *h)
     struct req *r;
     int err;
 
-    if ((err = path_req(FXP_OPEN, path, &r)) != 0)
+    if ((err = path_req(SFC_OPEN, path, &r)) != 0)
         return err;
-    if (buf_put_u32(&r->pkt, FXF_READ) != 0 || buf_put_u32(&r->pkt, 0) != 0) {
+    if (buf_put_u32(&r->pkt, SFC_FXF_READ) != 0 || buf_put_u32(&r->pkt, 0) != 0) {
         req_free(r);
         return -ENOMEM;
     }
@@ -477,9 +422,9 @@ int tun_sftp_open(tun_sftp_t *s, const char *path, struct tun_sftp_handle *h)
         uint64_t g0 = current_gen(s);
         struct req *again = NULL;
         if (tries > 0) {
-            if ((err = path_req(FXP_OPEN, path, &again)) != 0)
+            if ((err = path_req(SFC_OPEN, path, &again)) != 0)
                 return err;
-            buf_put_u32(&again->pkt, FXF_READ);
+            buf_put_u32(&again->pkt, SFC_FXF_READ);
             buf_put_u32(&again->pkt, 0);
             r = again;
         }
@@ -497,7 +442,7 @@ static int open_dir(tun_sftp_t *s, const char *path, struct tun_sftp_handle *h)
     struct req *r;
     int err;
 
-    if ((err = path_req(FXP_OPENDIR, path, &r)) != 0)
+    if ((err = path_req(SFC_OPENDIR, path, &r)) != 0)
         return err;
     h->gen = current_gen(s);
     return call_handle(s, r, h);
@@ -506,7 +451,7 @@ static int open_dir(tun_sftp_t *s, const char *path, struct tun_sftp_handle *h)
 int tun_sftp_statvfs(tun_sftp_t *s, const char *path, struct statvfs *st)
 {
     struct sync_ctx *c = NULL;
-    struct req *r = req_new(FXP_EXTENDED, 0);
+    struct req *r = req_new(SFC_EXTENDED, 0);
     uint64_t v[11];
     int err;
 
@@ -519,7 +464,7 @@ int tun_sftp_statvfs(tun_sftp_t *s, const char *path, struct statvfs *st)
     }
     if ((err = call(s, r, &c)) != 0)
         return err;
-    if (c->w.type == FXP_EXTENDED_REPLY) {
+    if (c->w.type == SFC_EXTENDED_REPLY) {
         for (int i = 0; i < 11 && err == 0; i++)
             if (buf_get_u64(&c->w.reply, &v[i]) != 0)
                 err = -EIO;
@@ -537,7 +482,7 @@ int tun_sftp_statvfs(tun_sftp_t *s, const char *path, struct statvfs *st)
             st->f_flag = v[9];
             st->f_namemax = v[10];
         }
-    } else if (c->w.type == FXP_STATUS) {
+    } else if (c->w.type == SFC_STATUS) {
         err = parse_status(&c->w.reply) ?: -EIO;
     } else {
         err = -EIO;
@@ -565,7 +510,7 @@ static int list_once(tun_sftp_t *s, const char *path,
         /* READDIR_DEPTH requests on the wire at once; the server answers them in order */
         int sent = 0;
         for (i = 0; i < READDIR_DEPTH; i++) {
-            if ((err = handle_req(FXP_READDIR, &h, &r)) != 0)
+            if ((err = handle_req(SFC_READDIR, &h, &r)) != 0)
                 break;
             c[i] = calloc(1, sizeof(struct sync_ctx));
             if (c[i] == NULL) {
@@ -626,24 +571,20 @@ static int list_once(tun_sftp_t *s, const char *path,
             if (err == 0 && !eof) {
                 if (x->w.err != 0) {
                     err = x->w.err;
-                } else if (x->w.type == FXP_STATUS) {
+                } else if (x->w.type == SFC_STATUS) {
                     int st = parse_status(&x->w.reply);
                     if (st == -ENODATA)
                         eof = true;
                     else
                         err = st ?: -EIO;
-                } else if (x->w.type == FXP_NAME) {
+                } else if (x->w.type == SFC_NAME) {
                     uint32_t count;
                     if (buf_get_u32(&x->w.reply, &count) != 0)
                         err = -EIO;
                     for (uint32_t k = 0; k < count && err == 0; k++) {
                         char name[1024];
-                        const uint8_t *p;
-                        uint32_t n;
                         struct tun_sftp_attr a;
-                        if (buf_get_cstring(&x->w.reply, name, sizeof(name)) != 0 ||
-                            buf_get_string(&x->w.reply, &p, &n) != 0 ||
-                            parse_attr(&x->w.reply, &a) != 0) {
+                        if (sfc_get_name(&x->w.reply, name, sizeof(name), &a) != 0) {
                             err = -EIO;
                             break;
                         }
@@ -658,7 +599,7 @@ static int list_once(tun_sftp_t *s, const char *path,
             sync_release(x);
         }
     }
-    tun_sftp_close(s, &h);
+    tun_sftp_close_async(s, &h); /* nobody waits for a directory's CLOSE */
     return err;
 }
 
@@ -685,10 +626,10 @@ static void read_done(struct req *r, int err, uint8_t type, struct buf *payload)
     uint32_t n = 0;
 
     if (err == 0) {
-        if (type == FXP_DATA) {
+        if (type == SFC_DATA) {
             if (buf_get_string(payload, &p, &n) != 0)
                 err = -EIO;
-        } else if (type == FXP_STATUS) {
+        } else if (type == SFC_STATUS) {
             err = parse_status(payload);
             if (err == -ENODATA)
                 err = 0, n = 0; /* EOF */
@@ -711,7 +652,7 @@ int tun_sftp_read_async(tun_sftp_t *s, const struct tun_sftp_handle *h, uint64_t
 
     if (len > TUN_SFTP_READ_MAX)
         return -EINVAL;
-    if ((err = handle_req(FXP_READ, h, &r)) != 0)
+    if ((err = handle_req(SFC_READ, h, &r)) != 0)
         return err;
     if (buf_put_u64(&r->pkt, off) != 0 || buf_put_u32(&r->pkt, len) != 0 ||
         (c = malloc(sizeof(*c))) == NULL) {
@@ -739,9 +680,9 @@ static void fstat_done(struct req *r, int err, uint8_t type, struct buf *payload
 
     memset(&a, 0, sizeof(a));
     if (err == 0) {
-        if (type == FXP_ATTRS)
-            err = parse_attr(payload, &a) ? -EIO : 0;
-        else if (type == FXP_STATUS)
+        if (type == SFC_ATTRS)
+            err = sfc_get_attr(payload, &a) ? -EIO : 0;
+        else if (type == SFC_STATUS)
             err = parse_status(payload) ?: -EIO;
         else
             err = -EIO;
@@ -757,7 +698,7 @@ int tun_sftp_fstat_async(tun_sftp_t *s, const struct tun_sftp_handle *h, tun_sft
     struct req *r;
     int err;
 
-    if ((err = handle_req(FXP_FSTAT, h, &r)) != 0)
+    if ((err = handle_req(SFC_FSTAT, h, &r)) != 0)
         return err;
     if ((c = malloc(sizeof(*c))) == NULL) {
         req_free(r);
@@ -826,22 +767,21 @@ static void drop_connection(tun_sftp_t *s, const char *why)
 }
 
 /* Read exactly one packet with a blocking timeout (handshake only). */
-static int read_packet_blocking(tun_sftp_t *s, struct buf *out, int timeout_ms)
+static int read_packet_blocking(tun_sftp_t *s, uint8_t *type, struct buf *out, int timeout_ms)
 {
     uint8_t tmp[4096];
+    struct buf view;
+    uint32_t id;
+    int r;
+
     for (;;) {
-        if (buf_avail(&s->rx) >= 4) {
-            const uint8_t *p = buf_ptr(&s->rx);
-            uint32_t len = (uint32_t)p[0] << 24 | p[1] << 16 | p[2] << 8 | p[3];
-            if (len > PKT_MAX || len == 0)
-                return -EBADMSG;
-            if (buf_avail(&s->rx) >= 4 + (size_t)len) {
-                buf_reset(out);
-                buf_put(out, p + 4, len);
-                buf_consume(&s->rx, 4 + len);
-                return 0;
-            }
+        r = sfc_get_packet(&s->rx, PKT_MAX, type, &id, &view);
+        if (r == 0) {
+            buf_reset(out);
+            return buf_put(out, buf_ptr(&view), buf_avail(&view));
         }
+        if (r != -EAGAIN)
+            return r;
         int n = ssh_channel_read_timeout(s->chan, tmp, sizeof(tmp), 0, timeout_ms);
         if (n <= 0)
             return n == 0 ? -ETIMEDOUT : -EIO;
@@ -869,7 +809,7 @@ static int establish(tun_sftp_t *s, char *err, size_t errlen)
     }
     buf_init(&b, PKT_MAX);
     buf_put_u32(&b, 5);
-    buf_put_u8(&b, FXP_INIT);
+    buf_put_u8(&b, SFC_INIT);
     buf_put_u32(&b, 3);
     if (ssh_channel_write(s->chan, buf_ptr(&b), (uint32_t)buf_avail(&b)) != 9) {
         buf_free(&b);
@@ -878,9 +818,8 @@ static int establish(tun_sftp_t *s, char *err, size_t errlen)
         goto fail;
     }
     buf_reset(&s->rx);
-    r = read_packet_blocking(s, &b, s->o.ssh.connect_timeout_s * 1000);
-    if (r != 0 || buf_get_u8(&b, &type) != 0 || type != FXP_VERSION ||
-        buf_get_u32(&b, &version) != 0 || version < 3) {
+    r = read_packet_blocking(s, &type, &b, s->o.ssh.connect_timeout_s * 1000);
+    if (r != 0 || type != SFC_VERSION || buf_get_u32(&b, &version) != 0 || version < 3) {
         buf_free(&b);
         snprintf(err, errlen, "sftp handshake with '%s' failed (is the sftp subsystem enabled?)",
                  s->dest);
@@ -927,20 +866,15 @@ static void mark_connected(tun_sftp_t *s, bool reconnect)
 }
 
 /* Dispatch one reply packet (without its length prefix). */
-static int dispatch(tun_sftp_t *s, struct buf *pkt)
+static int dispatch(tun_sftp_t *s, uint8_t type, uint32_t id, struct buf *payload)
 {
-    uint8_t type;
-    uint32_t id;
-    struct req *r;
+    struct req *r = s->inflight[id % INFLIGHT_SLOTS];
 
-    if (buf_get_u8(pkt, &type) != 0 || buf_get_u32(pkt, &id) != 0)
-        return -EBADMSG;
-    r = s->inflight[id % INFLIGHT_SLOTS];
-    if (r == NULL || r->id != id)
+    if (r == NULL || r->id != id || type == SFC_VERSION)
         return -EBADMSG; /* a reply to nothing we asked */
     s->inflight[id % INFLIGHT_SLOTS] = NULL;
     s->n_inflight--;
-    r->done(r, 0, type, pkt);
+    r->done(r, 0, type, payload);
     req_free(r);
     return 0;
 }
@@ -961,18 +895,15 @@ static int pump_rx(tun_sftp_t *s)
         s->rx_total += (size_t)n;
         if (buf_put(&s->rx, tmp, (size_t)n) != 0)
             return -EBADMSG;
-        while (buf_avail(&s->rx) >= 4) {
-            const uint8_t *p = buf_ptr(&s->rx);
-            uint32_t len = (uint32_t)p[0] << 24 | p[1] << 16 | p[2] << 8 | p[3];
-            struct buf pkt;
-            if (len > PKT_MAX || len < 5)
-                return -EBADMSG;
-            if (buf_avail(&s->rx) < 4 + (size_t)len)
+        for (;;) {
+            struct buf payload;
+            uint8_t type;
+            uint32_t id;
+            int r = sfc_get_packet(&s->rx, PKT_MAX, &type, &id, &payload);
+            if (r == -EAGAIN)
                 break;
-            buf_view(&pkt, p + 4, len);
-            if (dispatch(s, &pkt) != 0)
+            if (r != 0 || dispatch(s, type, id, &payload) != 0)
                 return -EBADMSG;
-            buf_consume(&s->rx, 4 + len);
         }
     }
     if (got) {
@@ -1145,7 +1076,7 @@ static void *owner_main(void *arg)
         if (s->n_inflight == 0 && now - s->last_tx > (int64_t)s->o.keepalive_s * 1000000000 &&
             now - last > (int64_t)s->o.keepalive_s * 1000000000) {
             struct req *r;
-            if (path_req(FXP_REALPATH, ".", &r) == 0) {
+            if (path_req(SFC_REALPATH, ".", &r) == 0) {
                 struct read_ctx *c = malloc(sizeof(*c));
                 if (c) {
                     c->done = keepalive_done;

@@ -21,27 +21,13 @@
 #include <stdint.h>
 #include <sys/statvfs.h>
 
+#include "sftp_codec.h"
 #include "ssh_client.h"
-
-/* attribute flags of SFTP v3 */
-#define TUN_SFTP_ATTR_SIZE 0x00000001u
-#define TUN_SFTP_ATTR_UIDGID 0x00000002u
-#define TUN_SFTP_ATTR_PERMISSIONS 0x00000004u
-#define TUN_SFTP_ATTR_ACMODTIME 0x00000008u
-#define TUN_SFTP_ATTR_EXTENDED 0x80000000u
 
 #define TUN_SFTP_HANDLE_MAX 256  /* longest handle accepted from a server */
 #define TUN_SFTP_READ_MAX 65536  /* largest READ length asked of a server (OpenSSH serves 256k) */
 
 typedef struct tun_sftp tun_sftp_t;
-
-struct tun_sftp_attr {
-    uint32_t flags; /* TUN_SFTP_ATTR_* present */
-    uint64_t size;
-    uint32_t uid, gid;
-    uint32_t perm; /* st_mode: type and permission bits */
-    uint32_t atime, mtime;
-};
 
 struct tun_sftp_handle {
     uint64_t gen; /* the connection it was opened on */
