@@ -34,9 +34,12 @@
 #define RA_MAX 64     /* at most 4 MiB ahead */
 #define BATCH_MAX 8   /* blocks per verified batch (each batch ends with an fstat) */
 #define FETCH_TRIES 3 /* a read retries this often after a stale handle or a change */
-#define PF_THREADS 4  /* directory listings prefetched in parallel */
+#define PF_THREADS 8  /* directory listings prefetched in parallel */
 #define PF_DEPTH 3    /* levels below a listing somebody asked for */
 #define PF_QUEUE_MAX 4096
+#define PF_FILE_MAX (256 * 1024) /* files up to this size are fetched with their siblings */
+#define PF_FILES_PER_DIR 512
+#define PF_DIRS_SEEN 1024
 
 enum bstate { B_MISSING = 0, B_CACHED, B_VERIFIED, B_FETCHING };
 
@@ -96,6 +99,10 @@ struct mountd {
      * bg_lock; dirs being listed are in 'listing' so a listing is never done twice at once) */
     struct pf_item { int64_t dir; int depth; } *pf;
     size_t n_pf, cap_pf;
+    int64_t *pf_files;          /* small files to fetch before they are read (FIFO) */
+    size_t pf_head, n_pf_files, cap_pf_files;
+    int64_t pf_dirs_done[PF_DIRS_SEEN]; /* folders whose files were queued, this mount */
+    size_t n_pf_dirs_done;
     int64_t listing[64];
     int n_listing;
     pthread_cond_t list_cond;
@@ -541,12 +548,25 @@ static int refresh_dir(struct mountd *m, int64_t dir, int depth)
     return r;
 }
 
+static void prefetch_file(struct mountd *m, int64_t id);
+
 static void *prefetch_main(void *arg)
 {
     struct mountd *m = arg;
 
     pthread_mutex_lock(&m->bg_lock);
     while (!m->stopping) {
+        if (m->pf_head < m->n_pf_files) {
+            /* files first: a reader is in their folder right now */
+            int64_t id = m->pf_files[m->pf_head++];
+            if (m->pf_head == m->n_pf_files)
+                m->pf_head = m->n_pf_files = 0;
+            pthread_mutex_unlock(&m->bg_lock);
+            if (tun_sftp_connected(m->sftp))
+                prefetch_file(m, id);
+            pthread_mutex_lock(&m->bg_lock);
+            continue;
+        }
         if (m->n_pf == 0) {
             pthread_cond_wait(&m->bg_cond, &m->bg_lock);
             continue;
@@ -1314,22 +1334,22 @@ static void verify_block(struct mountd *m, struct ofile *of, uint64_t blk)
     of->state[blk] = B_MISSING;
 }
 
-static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
-                     struct fuse_file_info *fi)
+/* Make bytes [off, off+size) of an open file readable from its cache file: verify cached
+ * blocks, fetch missing ones (a demand reader also starts read-ahead), wait for them. Returns
+ * 0 with the cache fd and the end of the valid range, 1 at end of file, or a negative errno.
+ * *missed tells whether any block had to be fetched. */
+static int of_fetch(struct mountd *m, struct ofile *of, uint64_t off, size_t size, bool demand,
+                    int *fd_out, uint64_t *end_out, bool *missed)
 {
-    struct mountd *m = M(req);
-    struct ofile *of = (struct ofile *)(uintptr_t)fi->fh;
     uint64_t *need = NULL, *ra = NULL;
     int r = 0, tries = 0;
     int64_t limit = (int64_t)m->o.sftp.op_timeout_ms * 1000000 * 4;
 
-    (void)ino;
+    *missed = false;
     need = malloc((size / FS_BLOCK_SIZE + 2 + RA_MAX) * sizeof(*need));
     ra = need ? need + size / FS_BLOCK_SIZE + 2 : NULL;
-    if (need == NULL) {
-        fuse_reply_err(req, ENOMEM);
-        return;
-    }
+    if (need == NULL)
+        return -ENOMEM;
 again:
     pthread_mutex_lock(&of->lock);
     if (!of->loaded && (r = of_load(m, of, &of->want)) != 0) {
@@ -1343,14 +1363,13 @@ again:
             goto fail;
         goto again;
     }
-    if ((uint64_t)off >= of->size || size == 0) {
+    if (off >= of->size || size == 0) {
         pthread_mutex_unlock(&of->lock);
-        fuse_reply_buf(req, NULL, 0);
         free(need);
-        return;
+        return 1;
     }
-    uint64_t end = (uint64_t)off + size > of->size ? of->size : (uint64_t)off + size;
-    uint64_t b0 = (uint64_t)off / FS_BLOCK_SIZE, b1 = (end - 1) / FS_BLOCK_SIZE;
+    uint64_t end = off + size > of->size ? of->size : off + size;
+    uint64_t b0 = off / FS_BLOCK_SIZE, b1 = (end - 1) / FS_BLOCK_SIZE;
     size_t n_need = 0, n_ra = 0;
     for (uint64_t b = b0; b <= b1; b++) {
         if (of->state[b] == B_CACHED)
@@ -1360,7 +1379,9 @@ again:
             need[n_need++] = b;
         }
     }
-    if (tries == 0) {
+    if (tries == 0 && n_need > 0)
+        *missed = true;
+    if (tries == 0 && demand) {
         FS_STAT_ADD(&m->st, cache_misses, n_need);
         FS_STAT_ADD(&m->st, cache_hits, (b1 - b0 + 1) - n_need);
         /* sequential reader: grow a read-ahead window past the requested blocks */
@@ -1400,7 +1421,7 @@ again:
             pthread_mutex_unlock(&of->lock);
             goto fail;
         }
-        send_runs(m, of, need, n_need, true);
+        send_runs(m, of, need, n_need, demand);
         FS_STAT_ADD(&m->st, readahead_blocks, n_ra);
         send_runs(m, of, ra, n_ra, false);
     }
@@ -1441,23 +1462,116 @@ again:
         }
         pthread_cond_timedwait(&of->cond, &of->lock, &ts);
     }
-    int fd = of->fd;
+    *fd_out = of->fd;
+    *end_out = end;
     pthread_mutex_unlock(&of->lock);
     free(need);
+    return 0;
+fail:
+    free(need);
+    return r == CHANGED ? -EIO : r;
+}
 
+struct sib_ctx {
+    int64_t self;
+    int64_t ids[PF_FILES_PER_DIR];
+    size_t n;
+};
+
+static int sib_each(void *arg, const struct idx_file *f)
+{
+    struct sib_ctx *c = arg;
+    if (S_ISREG(f->mode) && f->size > 0 && f->size <= PF_FILE_MAX && f->id != c->self)
+        c->ids[c->n++] = f->id;
+    return c->n == PF_FILES_PER_DIR;
+}
+
+/* The first cold read in a folder queues the folder's other small files for the prefetchers
+ * (once per folder and mount): tar, cp -r, a compiler and a test runner read folders whole. */
+static void queue_siblings(struct mountd *m, struct ofile *of)
+{
+    struct sib_ctx *c;
+    int64_t dir;
+
+    pthread_mutex_lock(&of->lock);
+    dir = of->want.parent;
+    pthread_mutex_unlock(&of->lock);
+    pthread_mutex_lock(&m->bg_lock);
+    for (size_t i = 0; i < m->n_pf_dirs_done; i++)
+        if (m->pf_dirs_done[i] == dir) {
+            pthread_mutex_unlock(&m->bg_lock);
+            return;
+        }
+    m->pf_dirs_done[m->n_pf_dirs_done++ % PF_DIRS_SEEN] = dir;
+    if (m->n_pf_dirs_done >= PF_DIRS_SEEN)
+        m->n_pf_dirs_done = PF_DIRS_SEEN; /* a ring: the oldest folder is forgotten */
+    pthread_mutex_unlock(&m->bg_lock);
+    if (idx_cached_bytes(m->idx) > m->budget / 10 * 9 || (c = calloc(1, sizeof(*c))) == NULL)
+        return;
+    c->self = of->id;
+    idx_children(m->idx, dir, 0, sib_each, c);
+    pthread_mutex_lock(&m->bg_lock);
+    for (size_t i = 0; i < c->n && m->n_pf_files - m->pf_head < PF_QUEUE_MAX; i++) {
+        if (m->n_pf_files == m->cap_pf_files) {
+            size_t cap = m->cap_pf_files ? m->cap_pf_files * 2 : 512;
+            int64_t *n = realloc(m->pf_files, cap * sizeof(*n));
+            if (n == NULL)
+                break;
+            m->pf_files = n;
+            m->cap_pf_files = cap;
+        }
+        m->pf_files[m->n_pf_files++] = c->ids[i];
+    }
+    pthread_cond_broadcast(&m->bg_cond);
+    pthread_mutex_unlock(&m->bg_lock);
+    free(c);
+}
+
+static void prefetch_file(struct mountd *m, int64_t id)
+{
+    struct idx_file f;
+    struct ofile *of;
+    uint64_t end;
+    bool missed;
+    int fd, r;
+
+    if (idx_get(m->idx, id, &f) != 0 || !S_ISREG(f.mode) || !fresh(m, f.attr_time_ns))
+        return;
+    if ((of = of_get(m, &f, &r)) == NULL)
+        return;
+    if (r == 0 && of_fetch(m, of, 0, (size_t)f.size, false, &fd, &end, &missed) == 0 && missed)
+        FS_STAT_ADD(&m->st, prefetched_files, 1);
+    of_put(m, of);
+}
+
+static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                    struct fuse_file_info *fi)
+{
+    struct mountd *m = M(req);
+    struct ofile *of = (struct ofile *)(uintptr_t)fi->fh;
+    uint64_t end;
+    bool missed;
+    int fd, r;
+
+    (void)ino;
+    r = of_fetch(m, of, (uint64_t)off, size, true, &fd, &end, &missed);
+    if (r == 1) {
+        fuse_reply_buf(req, NULL, 0);
+        return;
+    }
+    if (r < 0) {
+        logmsg(m, "cannot read file %" PRId64 " at %lld: %s", of->id, (long long)off,
+               strerror(-r));
+        reply_err(req, r);
+        return;
+    }
+    if (missed && off == 0)
+        queue_siblings(m, of); /* a folder's files tend to be read together */
     struct fuse_bufvec bv = FUSE_BUFVEC_INIT(end - (uint64_t)off);
     bv.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
     bv.buf[0].fd = fd;
     bv.buf[0].pos = off;
     fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
-    return;
-fail:
-    free(need);
-    if (r == CHANGED)
-        r = -EIO;
-    logmsg(m, "cannot read file %" PRId64 " at %lld: %s", of->id, (long long)off,
-           strerror(-r == EAGAIN ? EIO : -r));
-    reply_err(req, r);
 }
 
 static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
@@ -1838,6 +1952,7 @@ out:
     free(m->pend);
     free(m->touch);
     free(m->pf);
+    free(m->pf_files);
     free(m->inval);
     free(m);
     return status;

@@ -20,6 +20,7 @@ struct fs_stats {
     uint64_t verify_failures;  /* cached blocks whose hash did not match: dropped, refetched */
     uint64_t changed_underneath; /* fetches discarded because the file changed on the server */
     uint64_t meta_fetches;  /* lstat/readdir/readlink answered by the server (not the index) */
+    uint64_t prefetched_files; /* small files fetched with a sibling, before anyone read them */
     uint64_t stale_served;  /* expired metadata served because the server could not be asked */
 };
 

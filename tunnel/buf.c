@@ -53,7 +53,7 @@ int buf_reserve(struct buf *b, size_t n, uint8_t **where)
         b->data = d;
         b->cap = cap;
     }
-    *where = b->data + b->len;
+    *where = b->data ? b->data + b->len : NULL; /* NULL + 0 is undefined: n == 0, no storage */
     return 0;
 }
 
@@ -148,10 +148,11 @@ int buf_get_u8(struct buf *b, uint8_t *v)
 
 int buf_get_u32(struct buf *b, uint32_t *v)
 {
-    const uint8_t *p = buf_ptr(b);
+    const uint8_t *p;
 
     if (buf_avail(b) < 4)
         return -EBADMSG;
+    p = buf_ptr(b); /* not before: an empty buffer's data may be NULL */
     *v = (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
     b->off += 4;
     return 0;
@@ -159,11 +160,12 @@ int buf_get_u32(struct buf *b, uint32_t *v)
 
 int buf_get_u64(struct buf *b, uint64_t *v)
 {
-    const uint8_t *p = buf_ptr(b);
+    const uint8_t *p;
     uint64_t x = 0;
 
     if (buf_avail(b) < 8)
         return -EBADMSG;
+    p = buf_ptr(b);
     for (int i = 0; i < 8; i++)
         x = x << 8 | p[i];
     *v = x;
@@ -173,11 +175,12 @@ int buf_get_u64(struct buf *b, uint64_t *v)
 
 int buf_get_string(struct buf *b, const uint8_t **p, uint32_t *n)
 {
-    const uint8_t *q = buf_ptr(b);
+    const uint8_t *q;
     uint32_t len;
 
     if (buf_avail(b) < 4)
         return -EBADMSG;
+    q = buf_ptr(b);
     len = (uint32_t)q[0] << 24 | (uint32_t)q[1] << 16 | (uint32_t)q[2] << 8 | q[3];
     if (buf_avail(b) - 4 < len)
         return -EBADMSG;

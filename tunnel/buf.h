@@ -35,9 +35,10 @@ static inline size_t buf_avail(const struct buf *b)
 {
     return b->len - b->off;
 }
+/* The first unread byte; NULL for a buffer that never held storage. */
 static inline const uint8_t *buf_ptr(const struct buf *b)
 {
-    return b->data + b->off;
+    return b->data ? b->data + b->off : NULL;
 }
 
 /* Make room for n more bytes and return where they go (to be committed with buf_commit). */
