@@ -220,6 +220,10 @@ int tun_ssh_connect(const struct tun_ssh_opts *o, ssh_session *out, char *err, s
         goto fail;
     }
     ssh_options_set(s, SSH_OPTIONS_TIMEOUT, &timeout);
+    /* Nagle would hold our small packets (requests, window adjusts) behind unacknowledged
+     * data: a 64 KiB SFTP read took 4.4 ms on loopback with it and 0.6 ms without */
+    int nodelay = 1;
+    ssh_options_set(s, SSH_OPTIONS_NODELAY, &nodelay);
 
     if (ssh_connect(s) != SSH_OK) {
         const char *e = ssh_get_error(s);
