@@ -34,6 +34,8 @@
 #define RA_MAX 64     /* at most 4 MiB ahead */
 #define BATCH_MAX 8   /* blocks per verified batch (each batch ends with an fstat) */
 #define FETCH_TRIES 3 /* a read retries this often after a stale handle or a change */
+#define OF_BUCKETS 1024
+#define OF_KEEP_MAX 1024 /* files kept loaded between reads when the kernel skips open */
 #define PF_THREADS 8  /* directory listings prefetched in parallel */
 #define PF_DEPTH 3    /* levels below a listing somebody asked for */
 #define PF_QUEUE_MAX 4096
@@ -44,8 +46,10 @@
 enum bstate { B_MISSING = 0, B_CACHED, B_VERIFIED, B_FETCHING };
 
 struct ofile {
-    struct ofile *next; /* protected by m->of_lock */
+    struct ofile *next; /* hash chain; protected by m->of_lock */
     int refs;           /* protected by m->of_lock */
+    bool kept;          /* the table holds one of the refs (no-open mode); m->of_lock */
+    uint64_t last_use;  /* m->of_lock */
     int64_t id;
 
     pthread_mutex_t lock; /* protects everything below */
@@ -80,11 +84,15 @@ struct mountd {
     struct fuse_session *se;
     int64_t ttl_ns;
     int64_t epoch_ns; /* when this mount started */
+    bool no_opendir;  /* the kernel can skip opendir/releasedir (set once, in init) */
     double ttl_s;
     uint64_t budget;
 
     pthread_mutex_t of_lock;
-    struct ofile *ofiles; /* protected by of_lock */
+    struct ofile *of_hash[OF_BUCKETS]; /* open files by id; protected by of_lock */
+    size_t n_kept;                     /* ofiles kept by the table; of_lock */
+    uint64_t of_tick;                  /* of_lock */
+    bool no_open; /* the kernel can skip open/release: files are found by inode at read */
 
     pthread_mutex_t bg_lock;   /* protects the queues below and stopping */
     pthread_cond_t bg_cond;
@@ -735,7 +743,16 @@ static void op_readlink(fuse_req_t req, fuse_ino_t ino)
 static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
     struct mountd *m = M(req);
-    int r = refresh_dir(m, (int64_t)ino, PF_DEPTH + 1);
+    int r;
+
+    if (m->no_opendir) {
+        /* "success, and no more opendir/releasedir": the kernel then caches listings itself
+         * (FOPEN_CACHE_DIR) until the directory's mtime changes; the listing is refreshed at
+         * the first readdir instead */
+        fuse_reply_err(req, ENOSYS);
+        return;
+    }
+    r = refresh_dir(m, (int64_t)ino, PF_DEPTH + 1);
 
     if (r == -ENOENT && ino != FUSE_ROOT_ID)
         r = -ESTALE;
@@ -787,6 +804,10 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, b
     struct idx_file self, parent;
     int r;
 
+    if (off == 0 && m->no_opendir && (r = refresh_dir(m, (int64_t)ino, PF_DEPTH + 1)) != 0) {
+        reply_err(req, r == -ENOENT && ino != FUSE_ROOT_ID ? -ESTALE : r);
+        return;
+    }
     if ((r = idx_get(m->idx, (int64_t)ino, &self)) != 0) {
         reply_err(req, r);
         return;
@@ -913,18 +934,26 @@ static int of_load(struct mountd *m, struct ofile *of, const struct idx_file *f)
     return 0;
 }
 
+static void of_put(struct mountd *m, struct ofile *of);
+
+/* The ofile of f (found, or created unloaded), with one more reference for the caller. In
+ * no-open mode the table keeps up to OF_KEEP_MAX of them between reads, least recently used
+ * going first. */
 static struct ofile *of_get(struct mountd *m, const struct idx_file *f, int *err)
 {
-    struct ofile *of;
+    struct ofile *of, *victim = NULL;
+    size_t bucket = (uint64_t)f->id % OF_BUCKETS;
 
     pthread_mutex_lock(&m->of_lock);
-    for (of = m->ofiles; of; of = of->next)
+    for (of = m->of_hash[bucket]; of; of = of->next)
         if (of->id == f->id)
             break;
     if (of) {
         of->refs++;
+        of->last_use = ++m->of_tick;
         pthread_mutex_unlock(&m->of_lock);
         pthread_mutex_lock(&of->lock);
+        *err = 0;
         if (of->loaded && of->version != f->version)
             *err = of_load(m, of, f);
         else if (!of->loaded)
@@ -941,14 +970,31 @@ static struct ofile *of_get(struct mountd *m, const struct idx_file *f, int *err
     of->id = f->id;
     of->fd = -1;
     of->refs = 1;
+    of->last_use = ++m->of_tick;
     pthread_mutex_init(&of->lock, NULL);
     pthread_cond_init(&of->cond, NULL);
     idx_pin(m->idx, f->id);
     of->want = *f; /* loaded at the first read: a file served from the page cache never is */
     *err = 0;
-    of->next = m->ofiles;
-    m->ofiles = of;
+    of->next = m->of_hash[bucket];
+    m->of_hash[bucket] = of;
+    if (m->no_open) {
+        of->kept = true;
+        of->refs++;
+        if (++m->n_kept > OF_KEEP_MAX) {
+            for (size_t i = 0; i < OF_BUCKETS; i++)
+                for (struct ofile *o = m->of_hash[i]; o; o = o->next)
+                    if (o->kept && o->refs == 1 && (!victim || o->last_use < victim->last_use))
+                        victim = o;
+            if (victim) {
+                victim->kept = false;
+                m->n_kept--;
+            }
+        }
+    }
     pthread_mutex_unlock(&m->of_lock);
+    if (victim)
+        of_put(m, victim); /* the table's reference */
     return of;
 }
 
@@ -961,7 +1007,7 @@ static void of_put(struct mountd *m, struct ofile *of)
         pthread_mutex_unlock(&m->of_lock);
         return;
     }
-    for (pp = &m->ofiles; *pp; pp = &(*pp)->next)
+    for (pp = &m->of_hash[(uint64_t)of->id % OF_BUCKETS]; *pp; pp = &(*pp)->next)
         if (*pp == of) {
             *pp = of->next;
             break;
@@ -980,6 +1026,27 @@ static void of_put(struct mountd *m, struct ofile *of)
     pthread_mutex_destroy(&of->lock);
     pthread_cond_destroy(&of->cond);
     free(of);
+}
+
+/* Drop every reference the table keeps (shutdown). */
+static void of_drop_kept(struct mountd *m)
+{
+    for (;;) {
+        struct ofile *victim = NULL;
+        pthread_mutex_lock(&m->of_lock);
+        for (size_t i = 0; i < OF_BUCKETS && !victim; i++)
+            for (struct ofile *o = m->of_hash[i]; o && !victim; o = o->next)
+                if (o->kept)
+                    victim = o;
+        if (victim) {
+            victim->kept = false;
+            m->n_kept--;
+        }
+        pthread_mutex_unlock(&m->of_lock);
+        if (!victim)
+            return;
+        of_put(m, victim);
+    }
 }
 
 /* Make sure of has a server handle. Called without of->lock. */
@@ -1023,6 +1090,12 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 
     if ((fi->flags & O_ACCMODE) != O_RDONLY) {
         fuse_reply_err(req, EROFS);
+        return;
+    }
+    if (m->no_open) {
+        /* "success, and no more open/release": the kernel keeps pages (FOPEN_KEEP_CACHE) and
+         * reads find their file by inode; changed versions are invalidated explicitly */
+        fuse_reply_err(req, ENOSYS);
         return;
     }
     if ((r = get_fresh(m, (int64_t)ino, &f)) != 0) {
@@ -1233,6 +1306,8 @@ static int send_batch(struct mountd *m, struct ofile *of, uint64_t first, uint32
     for (uint32_t i = 0; i < n; i++) {
         b->slots[i].b = b;
         b->slots[i].i = i;
+    }
+    for (uint32_t i = 0; i < n; i++) {
         r = tun_sftp_read_async(m->sftp, &h, (first + i) * FS_BLOCK_SIZE, FS_BLOCK_SIZE,
                                 fetch_read_done, &b->slots[i]);
         if (r != 0) {
@@ -1553,25 +1628,41 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
     bool missed;
     int fd, r;
 
-    (void)ino;
+    if (of == NULL) {
+        /* no-open mode: the file is found by inode, at its current version */
+        struct idx_file f;
+        if ((r = idx_get(m->idx, (int64_t)ino, &f)) != 0 || !S_ISREG(f.mode)) {
+            reply_err(req, r ? r : -EINVAL);
+            return;
+        }
+        if ((of = of_get(m, &f, &r)) == NULL || r != 0) {
+            if (of)
+                of_put(m, of);
+            reply_err(req, r);
+            return;
+        }
+    } else {
+        pthread_mutex_lock(&m->of_lock);
+        of->refs++;
+        pthread_mutex_unlock(&m->of_lock);
+    }
     r = of_fetch(m, of, (uint64_t)off, size, true, &fd, &end, &missed);
     if (r == 1) {
         fuse_reply_buf(req, NULL, 0);
-        return;
-    }
-    if (r < 0) {
+    } else if (r < 0) {
         logmsg(m, "cannot read file %" PRId64 " at %lld: %s", of->id, (long long)off,
                strerror(-r));
         reply_err(req, r);
-        return;
+    } else {
+        if (missed && off == 0)
+            queue_siblings(m, of); /* a folder's files tend to be read together */
+        struct fuse_bufvec bv = FUSE_BUFVEC_INIT(end - (uint64_t)off);
+        bv.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+        bv.buf[0].fd = fd;
+        bv.buf[0].pos = off;
+        fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
     }
-    if (missed && off == 0)
-        queue_siblings(m, of); /* a folder's files tend to be read together */
-    struct fuse_bufvec bv = FUSE_BUFVEC_INIT(end - (uint64_t)off);
-    bv.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
-    bv.buf[0].fd = fd;
-    bv.buf[0].pos = off;
-    fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
+    of_put(m, of); /* after the reply: the fd stays open while the kernel reads it */
 }
 
 static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
@@ -1588,7 +1679,10 @@ static void op_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_dat
 
 static void op_init(void *userdata, struct fuse_conn_info *conn)
 {
-    (void)userdata;
+    struct mountd *m = userdata;
+
+    m->no_opendir = (conn->capable & FUSE_CAP_NO_OPENDIR_SUPPORT) != 0;
+    m->no_open = (conn->capable & FUSE_CAP_NO_OPEN_SUPPORT) != 0;
     if (conn->capable & FUSE_CAP_SPLICE_WRITE)
         conn->want |= FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE;
     if (conn->capable & FUSE_CAP_READDIRPLUS)
@@ -1934,6 +2028,7 @@ int fs_mount_run(const struct fs_mount_opts *o, int ready_fd)
     pthread_cond_broadcast(&m->done_cond);
     pthread_mutex_unlock(&m->bg_lock);
     pthread_join(m->writer, NULL);
+    of_drop_kept(m);
     flush_blocks(m);
     logmsg(m, "unmounted '%s'", real_mp);
 out:

@@ -63,6 +63,7 @@ struct tun_sftp {
     bool connected;           /* protected by lock */
     uint64_t gen;             /* current connection, 0 while none; protected by lock */
     int64_t last_progress;    /* ns: last byte received, or last (re)connect; protected by lock */
+    int64_t down_since;       /* ns: when the link was lost; protected by lock */
     struct tun_sftp_stats st; /* protected by lock */
     char ext[EXT_MAX][64];    /* announced extensions; protected by lock */
     int n_ext;
@@ -135,6 +136,13 @@ static int submit(tun_sftp_t *s, struct req *r, req_done_fn done, void *arg)
     if (s->stopping) {
         pthread_mutex_unlock(&s->lock);
         return -ESHUTDOWN;
+    }
+    if (!s->connected && r->t_queued - s->down_since > (int64_t)s->o.op_timeout_ms * 1000000) {
+        /* down for longer than the bound already: fail now rather than make every caller
+         * wait the whole bound again (a reader retrying page by page would wait n times) */
+        s->st.timeouts++;
+        pthread_mutex_unlock(&s->lock);
+        return -EIO;
     }
     if (s->q_tail)
         s->q_tail->next = r;
@@ -735,6 +743,7 @@ static void drop_connection(tun_sftp_t *s, const char *why)
     pthread_mutex_lock(&s->lock);
     s->connected = false;
     s->gen = 0;
+    s->down_since = now_ns();
     pthread_mutex_unlock(&s->lock);
 
     /* path requests go back to the front of the queue; handle requests are stale */
