@@ -6,7 +6,8 @@
  *
  * Time bounds: a request fails with -EIO when the link made no progress (no byte received while
  * the request was waiting, or no connection) for op_timeout_ms. A live link that is merely busy
- * never fails a request. A link that stays silent with requests in flight is declared dead, and
+ * never fails a request. A request made while the link has already been down for longer than
+ * op_timeout_ms fails at once with -EIO (it would only wait the whole bound again). A link that stays silent with requests in flight is declared dead, and
  * the owner reconnects with backoff (0.2 s doubling to 5 s) until tun_sftp_stop().
  *
  * Reconnects: path requests (stat, open, ...) waiting at a reconnect are sent again on the new
