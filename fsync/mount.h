@@ -15,15 +15,15 @@
 #include "sftp_client.h"
 
 struct fs_mount_opts {
-    struct tun_sftp_opts sftp;  /* server, timeouts */
-    const char *remote_path;    /* directory on the server */
+    struct tun_sftp_opts sftp; /* server, timeouts */
+    const char *remote_path;   /* directory on the server */
     const char *mountpoint;
-    const char *cache_dir;      /* NULL: ~/.cache/offload/<hash of server and path> */
-    uint64_t cache_size;        /* byte budget of the block cache; 0 means 10 GiB */
-    int attr_ttl_ms;            /* metadata cache time; <0 means 20 s */
-    int debug;                  /* libfuse debug output and verbose logs */
-    const char *fuse_opts;      /* extra -o options, already checked by fs_mount_check_opt */
-    const char *stats_socket;   /* NULL: fs_mount_stats_path(mountpoint) */
+    const char *cache_dir;    /* NULL: ~/.cache/offload/<hash of server and path> */
+    uint64_t cache_size;      /* byte budget of the block cache; 0 means 10 GiB */
+    int attr_ttl_ms;          /* metadata cache time; <0 means 20 s */
+    int debug;                /* libfuse debug output and verbose logs */
+    const char *fuse_opts;    /* extra -o options, already checked by fs_mount_check_opt */
+    const char *stats_socket; /* NULL: fs_mount_stats_path(mountpoint) */
 };
 
 /* Run the filesystem. 'ready_fd' (or -1) receives one byte once the mount is up ('0') or has

@@ -30,18 +30,18 @@
 #include <time.h>
 #include <unistd.h>
 
-#define RA_START 4    /* blocks of read-ahead after the second sequential read */
-#define RA_MAX 64     /* at most 4 MiB ahead */
-#define BATCH_MAX 8   /* blocks per verified batch (each batch ends with an fstat) */
-#define FETCH_TRIES 3 /* a read retries this often after a stale handle or a change */
-#define OF_BUCKETS 1024
-#define OF_KEEP_MAX 1024 /* files kept loaded between reads when the kernel skips open */
-#define PF_THREADS 8  /* directory listings prefetched in parallel */
-#define PF_DEPTH 3    /* levels below a listing somebody asked for */
-#define PF_QUEUE_MAX 4096
-#define PF_FILE_MAX (256 * 1024) /* files up to this size are fetched with their siblings */
+#define RA_START         4  /* blocks of read-ahead after the second sequential read */
+#define RA_MAX           64 /* at most 4 MiB ahead */
+#define BATCH_MAX        8  /* blocks per verified batch (each batch ends with an fstat) */
+#define FETCH_TRIES      3  /* a read retries this often after a stale handle or a change */
+#define OF_BUCKETS       1024
+#define OF_KEEP_MAX      1024 /* files kept loaded between reads when the kernel skips open */
+#define PF_THREADS       8    /* directory listings prefetched in parallel */
+#define PF_DEPTH         3    /* levels below a listing somebody asked for */
+#define PF_QUEUE_MAX     4096
+#define PF_FILE_MAX      (256 * 1024) /* files up to this size are fetched with their siblings */
 #define PF_FILES_PER_DIR 512
-#define PF_DIRS_SEEN 1024
+#define PF_DIRS_SEEN     1024
 
 enum bstate { B_MISSING = 0, B_CACHED, B_VERIFIED, B_FETCHING };
 
@@ -94,20 +94,23 @@ struct mountd {
     uint64_t of_tick;                  /* of_lock */
     bool no_open; /* the kernel can skip open/release: files are found by inode at read */
 
-    pthread_mutex_t bg_lock;   /* protects the queues below and stopping */
+    pthread_mutex_t bg_lock; /* protects the queues below and stopping */
     pthread_cond_t bg_cond;
-    struct idx_block *pend;    /* block rows waiting for the flusher */
+    struct idx_block *pend; /* block rows waiting for the flusher */
     size_t n_pend, cap_pend;
-    int64_t *touch;            /* files whose blocks were just used (LRU), batched */
+    int64_t *touch; /* files whose blocks were just used (LRU), batched */
     size_t n_touch, cap_touch;
-    fuse_ino_t *inval;         /* inodes whose kernel caches must go */
+    fuse_ino_t *inval; /* inodes whose kernel caches must go */
     size_t n_inval, cap_inval;
     bool stopping;
     /* directory prefetch: listings of subdirectories before anyone asks (protected by
      * bg_lock; dirs being listed are in 'listing' so a listing is never done twice at once) */
-    struct pf_item { int64_t dir; int depth; } *pf;
+    struct pf_item {
+        int64_t dir;
+        int depth;
+    } * pf;
     size_t n_pf, cap_pf;
-    int64_t *pf_files;          /* small files to fetch before they are read (FIFO) */
+    int64_t *pf_files; /* small files to fetch before they are read (FIFO) */
     size_t pf_head, n_pf_files, cap_pf_files;
     int64_t pf_dirs_done[PF_DIRS_SEEN]; /* folders whose files were queued, this mount */
     size_t n_pf_dirs_done;
@@ -1162,14 +1165,13 @@ static void batch_finish(struct batch *b)
         for (uint32_t i = 0; i < b->n; i++) {
             uint64_t blk = b->first + i;
             uint64_t off = blk * FS_BLOCK_SIZE;
-            uint32_t want = (uint32_t)(of->size - off < FS_BLOCK_SIZE ? of->size - off
-                                                                       : FS_BLOCK_SIZE);
+            uint32_t want =
+                (uint32_t)(of->size - off < FS_BLOCK_SIZE ? of->size - off : FS_BLOCK_SIZE);
             int err = b->err;
             if (err == 0 && b->got[i] != want)
                 err = CHANGED; /* short: the file shrank under us */
-            if (err == 0 &&
-                pwrite(of->fd, b->data + (size_t)i * FS_BLOCK_SIZE, want, (off_t)off) !=
-                    (ssize_t)want)
+            if (err == 0 && pwrite(of->fd, b->data + (size_t)i * FS_BLOCK_SIZE, want, (off_t)off) !=
+                                (ssize_t)want)
                 err = -EIO;
             if (err != 0) {
                 of->state[blk] = B_MISSING;
@@ -1180,8 +1182,8 @@ static void batch_finish(struct batch *b)
                     of->have_handle = false;
                 continue;
             }
-            struct idx_block row = {.file = of->id, .blkno = blk, .version = of->version,
-                                    .len = want, .cached = true};
+            struct idx_block row = {
+                .file = of->id, .blkno = blk, .version = of->version, .len = want, .cached = true};
             fs_cache_hash(b->data + (size_t)i * FS_BLOCK_SIZE, want, row.hash);
             memcpy(of->hash[blk], row.hash, 16);
             of->state[blk] = B_VERIFIED;
@@ -1276,8 +1278,7 @@ static void fetch_attr_done(void *arg, int err, const struct tun_sftp_attr *a)
 
 /* Send one batch for blocks [first, first+n), all marked B_FETCHING by the caller.
  * Called without of->lock. On failure the blocks are put back to B_MISSING. */
-static int send_batch(struct mountd *m, struct ofile *of, uint64_t first, uint32_t n,
-                      bool demand)
+static int send_batch(struct mountd *m, struct ofile *of, uint64_t first, uint32_t n, bool demand)
 {
     struct batch *b = calloc(1, sizeof(*b));
     struct tun_sftp_handle h;
@@ -1650,8 +1651,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
     if (r == 1) {
         fuse_reply_buf(req, NULL, 0);
     } else if (r < 0) {
-        logmsg(m, "cannot read file %" PRId64 " at %lld: %s", of->id, (long long)off,
-               strerror(-r));
+        logmsg(m, "cannot read file %" PRId64 " at %lld: %s", of->id, (long long)off, strerror(-r));
         reply_err(req, r);
     } else {
         if (missed && off == 0)
@@ -1713,8 +1713,8 @@ static const struct fuse_lowlevel_ops ops = {
 /* ---- options, paths, startup ---- */
 
 static const char *const known_opts[] = {
-    "ro", "allow_other", "allow_root", "default_permissions", "nosuid", "nodev", "noexec",
-    "noatime", "relatime", "auto_unmount", "reconnect", NULL,
+    "ro",     "allow_other", "allow_root", "default_permissions", "nosuid",    "nodev",
+    "noexec", "noatime",     "relatime",   "auto_unmount",        "reconnect", NULL,
 };
 
 int fs_mount_check_opt(const char *opt)
@@ -1865,8 +1865,9 @@ static int open_cache(struct mountd *m)
     }
     idx_set_exclusive(m->idx); /* mountd is the index's only user while mounted */
     if (idx_meta_get(m->idx, "remote", owner, sizeof(owner)) == 0 && strcmp(owner, want) != 0) {
-        fprintf(stderr, "offload: cache dir '%s' belongs to '%s', not '%s': give another "
-                        "--cache-dir or remove it\n",
+        fprintf(stderr,
+                "offload: cache dir '%s' belongs to '%s', not '%s': give another "
+                "--cache-dir or remove it\n",
                 m->cache_dir, owner, want);
         return -EEXIST;
     }
@@ -1876,7 +1877,8 @@ static int open_cache(struct mountd *m)
 int fs_mount_run(const struct fs_mount_opts *o, int ready_fd)
 {
     struct mountd *m = calloc(1, sizeof(*m));
-    char err[1024], real_mp[PATH_MAX], sock[PATH_MAX], fsname[PATH_MAX + 600], mopts[PATH_MAX + 2048];
+    char err[1024], real_mp[PATH_MAX], sock[PATH_MAX], fsname[PATH_MAX + 600],
+        mopts[PATH_MAX + 2048];
     struct tun_sftp_attr ra;
     struct idx_file root;
     struct stat st;
@@ -1976,8 +1978,9 @@ int fs_mount_run(const struct fs_mount_opts *o, int ready_fd)
         goto out;
     signals = true;
     if (fuse_session_mount(m->se, real_mp) != 0) {
-        fprintf(stderr, "offload: cannot mount on '%s' (is /dev/fuse there? as a user, is "
-                        "user_allow_other set when needed?)\n",
+        fprintf(stderr,
+                "offload: cannot mount on '%s' (is /dev/fuse there? as a user, is "
+                "user_allow_other set when needed?)\n",
                 o->mountpoint);
         goto out;
     }

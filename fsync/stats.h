@@ -16,12 +16,12 @@ struct fs_stats {
     uint64_t cache_misses;  /* blocks that had to be fetched for a reader */
     uint64_t bytes_fetched; /* file content bytes received from the server */
     uint64_t blocks_fetched;
-    uint64_t readahead_blocks; /* blocks fetched ahead of a sequential reader */
-    uint64_t verify_failures;  /* cached blocks whose hash did not match: dropped, refetched */
+    uint64_t readahead_blocks;   /* blocks fetched ahead of a sequential reader */
+    uint64_t verify_failures;    /* cached blocks whose hash did not match: dropped, refetched */
     uint64_t changed_underneath; /* fetches discarded because the file changed on the server */
-    uint64_t meta_fetches;  /* lstat/readdir/readlink answered by the server (not the index) */
-    uint64_t prefetched_files; /* small files fetched with a sibling, before anyone read them */
-    uint64_t stale_served;  /* expired metadata served because the server could not be asked */
+    uint64_t meta_fetches;       /* lstat/readdir/readlink answered by the server (not the index) */
+    uint64_t prefetched_files;   /* small files fetched with a sibling, before anyone read them */
+    uint64_t stale_served;       /* expired metadata served because the server could not be asked */
 };
 
 #define FS_STAT_ADD(st, field, n) __atomic_add_fetch(&(st)->field, (n), __ATOMIC_RELAXED)

@@ -22,25 +22,25 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define IDX_ROOT_ID 1           /* the row id of the tree's root directory, also FUSE_ROOT_ID */
-#define IDX_NAME_MAX 255        /* longest file name component, in bytes */
-#define IDX_HASH_LEN 16         /* XXH3-128 */
+#define IDX_ROOT_ID        1   /* the row id of the tree's root directory, also FUSE_ROOT_ID */
+#define IDX_NAME_MAX       255 /* longest file name component, in bytes */
+#define IDX_HASH_LEN       16  /* XXH3-128 */
 #define IDX_SCHEMA_VERSION 1
 
 typedef struct idx idx_t;
 
 struct idx_file {
-    int64_t id;       /* row id; stable across reopen; used as the FUSE inode number */
-    int64_t parent;   /* row id of the parent directory; 0 for the root */
+    int64_t id;                  /* row id; stable across reopen; used as the FUSE inode number */
+    int64_t parent;              /* row id of the parent directory; 0 for the root */
     char name[IDX_NAME_MAX + 1]; /* NUL-terminated component; "" for the root */
     uint64_t dev, ino;           /* identity on the source machine */
     uint32_t mode;               /* type and permission bits (st_mode) */
     uint32_t uid, gid, nlink;
     uint64_t size;
     int64_t atime_ns, mtime_ns, ctime_ns;
-    uint64_t version;      /* changes whenever the content identity changes (see idx_put) */
-    int64_t attr_time_ns;  /* when the metadata was last confirmed from the source (TTL) */
-    int64_t list_time_ns;  /* directories: when the children were last listed; 0 = never */
+    uint64_t version;     /* changes whenever the content identity changes (see idx_put) */
+    int64_t attr_time_ns; /* when the metadata was last confirmed from the source (TTL) */
+    int64_t list_time_ns; /* directories: when the children were last listed; 0 = never */
 };
 
 struct idx_block {
@@ -49,7 +49,7 @@ struct idx_block {
     uint64_t version; /* file version the block belongs to */
     uint32_t len;     /* valid bytes in the block (the last block may be short) */
     uint8_t hash[IDX_HASH_LEN];
-    bool cached;      /* bytes are in the local cache file for (file, version) */
+    bool cached; /* bytes are in the local cache file for (file, version) */
 };
 
 /* Open (creating if needed) the database at 'path', enable WAL, run migrations up to
@@ -160,8 +160,8 @@ void idx_unpin(idx_t *idx, int64_t file);
  * hole in its cache file; it runs without the index lock and gets the block as now recorded
  * (cached false). Returns the number of blocks evicted, or <0: -EBUSY while a batch is open (the
  * eviction could not be committed before return). */
-int idx_evict(idx_t *idx, uint64_t budget,
-              void (*evicted)(void *arg, const struct idx_block *b), void *arg);
+int idx_evict(idx_t *idx, uint64_t budget, void (*evicted)(void *arg, const struct idx_block *b),
+              void *arg);
 
 /* Run SQLite's integrity check and the index's own invariants (every block row belongs to an
  * existing file row at its current version; the cached total matches). 0 if sound, -EIO if not. */

@@ -24,12 +24,17 @@ int cmd_inspect(int argc, char **argv)
     optind = 1;
     while ((c = getopt_long(argc, argv, "js:h", lopts, NULL)) != -1) {
         switch (c) {
-        case 'j': json = 1; break;
-        case 's': sock = optarg; break;
+        case 'j':
+            json = 1;
+            break;
+        case 's':
+            sock = optarg;
+            break;
         case 'h':
             printf("usage: offload inspect [--json] MOUNTPOINT | --socket PATH\n");
             return 0;
-        default: return 2;
+        default:
+            return 2;
         }
     }
     if (sock == NULL) {

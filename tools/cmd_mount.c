@@ -14,29 +14,30 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: offload mount [user@]host[:port]:/path MOUNTPOINT [options]\n"
-            "\n"
-            "Mount a directory of an SSH server lazily and read-only: metadata and contents are\n"
-            "fetched on first use over SFTP, by 64 KiB block, and kept in a block cache that\n"
-            "survives remounts. Unmount with 'fusermount3 -u MOUNTPOINT' (or Ctrl-C with -f).\n"
-            "\n"
-            "options:\n"
-            "  -p, --port PORT          ssh port (default: from ssh config, or 22)\n"
-            "  -F, --ssh-config FILE    ssh config file (default: ~/.ssh/config)\n"
-            "  -i, --identity FILE      identity (private key) file\n"
-            "  -o OPT[,OPT...]          mount options: %s\n"
-            "      --cache-dir DIR      block cache and index (default: ~/.cache/offload/mounts/<id>)\n"
-            "      --cache-size SIZE    cache budget, e.g. 500M, 20G (default: 10G)\n"
-            "      --attr-ttl SECS      how long metadata is trusted (default: 20)\n"
-            "      --connect-timeout SECS  bound on connecting (default: 10)\n"
-            "      --op-timeout SECS    an operation fails with EIO after this long without\n"
-            "                           progress on the link (default: 5)\n"
-            "      --stats-socket PATH  where counters are served (default: per mountpoint)\n"
-            "  -f, --foreground         stay in the foreground, log to stderr\n"
-            "  -d, --debug              foreground, with FUSE and ssh debug output\n"
-            "  -h, --help               this text\n",
-            fs_mount_known_opts());
+    fprintf(
+        f,
+        "usage: offload mount [user@]host[:port]:/path MOUNTPOINT [options]\n"
+        "\n"
+        "Mount a directory of an SSH server lazily and read-only: metadata and contents are\n"
+        "fetched on first use over SFTP, by 64 KiB block, and kept in a block cache that\n"
+        "survives remounts. Unmount with 'fusermount3 -u MOUNTPOINT' (or Ctrl-C with -f).\n"
+        "\n"
+        "options:\n"
+        "  -p, --port PORT          ssh port (default: from ssh config, or 22)\n"
+        "  -F, --ssh-config FILE    ssh config file (default: ~/.ssh/config)\n"
+        "  -i, --identity FILE      identity (private key) file\n"
+        "  -o OPT[,OPT...]          mount options: %s\n"
+        "      --cache-dir DIR      block cache and index (default: ~/.cache/offload/mounts/<id>)\n"
+        "      --cache-size SIZE    cache budget, e.g. 500M, 20G (default: 10G)\n"
+        "      --attr-ttl SECS      how long metadata is trusted (default: 20)\n"
+        "      --connect-timeout SECS  bound on connecting (default: 10)\n"
+        "      --op-timeout SECS    an operation fails with EIO after this long without\n"
+        "                           progress on the link (default: 5)\n"
+        "      --stats-socket PATH  where counters are served (default: per mountpoint)\n"
+        "  -f, --foreground         stay in the foreground, log to stderr\n"
+        "  -d, --debug              foreground, with FUSE and ssh debug output\n"
+        "  -h, --help               this text\n",
+        fs_mount_known_opts());
 }
 
 static int check_opts(char *list)
@@ -108,8 +109,12 @@ int cmd_mount(int argc, char **argv)
                 return 2;
             }
             break;
-        case 'F': o.sftp.ssh.ssh_config = optarg; break;
-        case 'i': o.sftp.ssh.identity = optarg; break;
+        case 'F':
+            o.sftp.ssh.ssh_config = optarg;
+            break;
+        case 'i':
+            o.sftp.ssh.identity = optarg;
+            break;
         case 'o':
             if (!check_opts(optarg))
                 return 2;
@@ -121,10 +126,13 @@ int cmd_mount(int argc, char **argv)
                 strcat(fuse_opts, ",");
             strcat(fuse_opts, optarg);
             break;
-        case O_CACHE_DIR: o.cache_dir = optarg; break;
+        case O_CACHE_DIR:
+            o.cache_dir = optarg;
+            break;
         case O_CACHE_SIZE:
             if (parse_size(optarg, &size) != 0 || size < (1 << 20)) {
-                fprintf(stderr, "offload mount: bad cache size '%s' (e.g. 500M, 20G; at least 1M)\n",
+                fprintf(stderr,
+                        "offload mount: bad cache size '%s' (e.g. 500M, 20G; at least 1M)\n",
                         optarg);
                 return 2;
             }
@@ -144,11 +152,23 @@ int cmd_mount(int argc, char **argv)
             else
                 o.sftp.op_timeout_ms = ms < 100 ? 100 : ms;
             break;
-        case O_STATS: o.stats_socket = optarg; break;
-        case 'f': foreground = 1; break;
-        case 'd': o.debug = 1; foreground = 1; o.sftp.ssh.verbose = 1; break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
+        case O_STATS:
+            o.stats_socket = optarg;
+            break;
+        case 'f':
+            foreground = 1;
+            break;
+        case 'd':
+            o.debug = 1;
+            foreground = 1;
+            o.sftp.ssh.verbose = 1;
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
         }
     }
     if (argc - optind != 2) {

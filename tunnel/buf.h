@@ -16,10 +16,10 @@
 
 struct buf {
     uint8_t *data;
-    size_t off;  /* read position */
-    size_t len;  /* end of valid bytes */
-    size_t cap;  /* allocated bytes; 0 for a read-only view */
-    size_t max;  /* hard limit on len - off + what a put may add */
+    size_t off; /* read position */
+    size_t len; /* end of valid bytes */
+    size_t cap; /* allocated bytes; 0 for a read-only view */
+    size_t max; /* hard limit on len - off + what a put may add */
 };
 
 /* Initialise an empty buffer limited to 'max' bytes. Allocates nothing yet. */

@@ -24,9 +24,9 @@
 
 #include <libssh/libssh.h>
 
-#define PKT_MAX (256 * 1024 + 1024) /* largest reply accepted: OpenSSH's own limit */
-#define INFLIGHT_SLOTS 1024         /* requests on the wire at once */
-#define EXT_MAX 16
+#define PKT_MAX        (256 * 1024 + 1024) /* largest reply accepted: OpenSSH's own limit */
+#define INFLIGHT_SLOTS 1024                /* requests on the wire at once */
+#define EXT_MAX        16
 
 struct req;
 /* Completion, on the owner thread: err < 0, or 0 with the reply type and payload after the id. */
@@ -34,7 +34,7 @@ typedef void (*req_done_fn)(struct req *r, int err, uint8_t type, struct buf *pa
 
 struct req {
     struct req *next;
-    struct buf pkt;   /* the whole packet, length prefix included; id at offset 5 */
+    struct buf pkt; /* the whole packet, length prefix included; id at offset 5 */
     uint32_t id;
     uint64_t gen;     /* handle's connection; 0 for path requests (resent after a reconnect) */
     int64_t t_queued; /* ns, monotonic */
@@ -57,11 +57,11 @@ struct tun_sftp {
     pthread_t owner;
 
     pthread_mutex_t lock;
-    pthread_cond_t cond;      /* broadcast on every completion; protected by lock */
+    pthread_cond_t cond;         /* broadcast on every completion; protected by lock */
     struct req *q_head, *q_tail; /* queued, not yet sent; protected by lock */
-    bool stopping;            /* protected by lock */
-    bool connected;           /* protected by lock */
-    uint64_t gen;             /* current connection, 0 while none; protected by lock */
+    bool stopping;               /* protected by lock */
+    bool connected;              /* protected by lock */
+    uint64_t gen;                /* current connection, 0 while none; protected by lock */
     int64_t last_progress;    /* ns: last byte received, or last (re)connect; protected by lock */
     int64_t down_since;       /* ns: when the link was lost; protected by lock */
     struct tun_sftp_stats st; /* protected by lock */
@@ -86,7 +86,6 @@ static int64_t now_ns(void)
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
-
 
 /* A STATUS payload as a negative errno (0 for OK); a malformed one is -EIO. */
 static int parse_status(struct buf *b)
@@ -241,8 +240,6 @@ static void sync_release(struct sync_ctx *c)
         free(c);
     }
 }
-
-
 
 /* A request whose reply is STATUS (ok or error) or ATTRS. */
 static int call_attr(tun_sftp_t *s, struct req *r, struct tun_sftp_attr *a)
@@ -726,7 +723,6 @@ int tun_sftp_fstat_async(tun_sftp_t *s, const struct tun_sftp_handle *h, tun_sft
 static void drop_connection(tun_sftp_t *s, const char *why)
 {
     struct req *retry = NULL, **tail = &retry;
-
 
     if (s->ssh == NULL)
         return;

@@ -7,8 +7,9 @@
  * Time bounds: a request fails with -EIO when the link made no progress (no byte received while
  * the request was waiting, or no connection) for op_timeout_ms. A live link that is merely busy
  * never fails a request. A request made while the link has already been down for longer than
- * op_timeout_ms fails at once with -EIO (it would only wait the whole bound again). A link that stays silent with requests in flight is declared dead, and
- * the owner reconnects with backoff (0.2 s doubling to 5 s) until tun_sftp_stop().
+ * op_timeout_ms fails at once with -EIO (it would only wait the whole bound again). A link that
+ * stays silent with requests in flight is declared dead, and the owner reconnects with backoff (0.2
+ * s doubling to 5 s) until tun_sftp_stop().
  *
  * Reconnects: path requests (stat, open, ...) waiting at a reconnect are sent again on the new
  * connection; requests on a handle opened on an earlier connection fail with -ESTALE (reopen).
@@ -25,8 +26,8 @@
 #include "sftp_codec.h"
 #include "ssh_client.h"
 
-#define TUN_SFTP_HANDLE_MAX 256  /* longest handle accepted from a server */
-#define TUN_SFTP_READ_MAX 65536  /* largest READ length asked of a server (OpenSSH serves 256k) */
+#define TUN_SFTP_HANDLE_MAX 256   /* longest handle accepted from a server */
+#define TUN_SFTP_READ_MAX   65536 /* largest READ length asked of a server (OpenSSH serves 256k) */
 
 typedef struct tun_sftp tun_sftp_t;
 

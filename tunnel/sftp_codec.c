@@ -4,8 +4,7 @@
 #include <errno.h>
 #include <string.h>
 
-int sfc_get_packet(struct buf *rx, uint32_t max, uint8_t *type, uint32_t *id,
-                   struct buf *payload)
+int sfc_get_packet(struct buf *rx, uint32_t max, uint8_t *type, uint32_t *id, struct buf *payload)
 {
     const uint8_t *p;
     uint32_t len;
@@ -120,12 +119,19 @@ int sfc_get_status(struct buf *b, uint32_t *code)
 int sfc_status_errno(uint32_t code)
 {
     switch (code) {
-    case SFC_OK: return 0;
-    case SFC_EOF: return -ENODATA;
-    case SFC_NO_SUCH_FILE: return -ENOENT;
-    case SFC_PERMISSION_DENIED: return -EACCES;
-    case SFC_BAD_MESSAGE: return -EBADMSG;
-    case SFC_OP_UNSUPPORTED: return -EOPNOTSUPP;
-    default: return -EIO;
+    case SFC_OK:
+        return 0;
+    case SFC_EOF:
+        return -ENODATA;
+    case SFC_NO_SUCH_FILE:
+        return -ENOENT;
+    case SFC_PERMISSION_DENIED:
+        return -EACCES;
+    case SFC_BAD_MESSAGE:
+        return -EBADMSG;
+    case SFC_OP_UNSUPPORTED:
+        return -EOPNOTSUPP;
+    default:
+        return -EIO;
     }
 }

@@ -13,27 +13,55 @@
 #include "buf.h"
 
 enum sfc_type {
-    SFC_INIT = 1, SFC_VERSION = 2, SFC_OPEN = 3, SFC_CLOSE = 4, SFC_READ = 5, SFC_WRITE = 6,
-    SFC_LSTAT = 7, SFC_FSTAT = 8, SFC_SETSTAT = 9, SFC_FSETSTAT = 10, SFC_OPENDIR = 11,
-    SFC_READDIR = 12, SFC_REMOVE = 13, SFC_MKDIR = 14, SFC_RMDIR = 15, SFC_REALPATH = 16,
-    SFC_STAT = 17, SFC_RENAME = 18, SFC_READLINK = 19, SFC_SYMLINK = 20,
-    SFC_STATUS = 101, SFC_HANDLE = 102, SFC_DATA = 103, SFC_NAME = 104, SFC_ATTRS = 105,
-    SFC_EXTENDED = 200, SFC_EXTENDED_REPLY = 201,
+    SFC_INIT = 1,
+    SFC_VERSION = 2,
+    SFC_OPEN = 3,
+    SFC_CLOSE = 4,
+    SFC_READ = 5,
+    SFC_WRITE = 6,
+    SFC_LSTAT = 7,
+    SFC_FSTAT = 8,
+    SFC_SETSTAT = 9,
+    SFC_FSETSTAT = 10,
+    SFC_OPENDIR = 11,
+    SFC_READDIR = 12,
+    SFC_REMOVE = 13,
+    SFC_MKDIR = 14,
+    SFC_RMDIR = 15,
+    SFC_REALPATH = 16,
+    SFC_STAT = 17,
+    SFC_RENAME = 18,
+    SFC_READLINK = 19,
+    SFC_SYMLINK = 20,
+    SFC_STATUS = 101,
+    SFC_HANDLE = 102,
+    SFC_DATA = 103,
+    SFC_NAME = 104,
+    SFC_ATTRS = 105,
+    SFC_EXTENDED = 200,
+    SFC_EXTENDED_REPLY = 201,
 };
 
 enum sfc_status {
-    SFC_OK = 0, SFC_EOF = 1, SFC_NO_SUCH_FILE = 2, SFC_PERMISSION_DENIED = 3, SFC_FAILURE = 4,
-    SFC_BAD_MESSAGE = 5, SFC_NO_CONNECTION = 6, SFC_CONNECTION_LOST = 7, SFC_OP_UNSUPPORTED = 8,
+    SFC_OK = 0,
+    SFC_EOF = 1,
+    SFC_NO_SUCH_FILE = 2,
+    SFC_PERMISSION_DENIED = 3,
+    SFC_FAILURE = 4,
+    SFC_BAD_MESSAGE = 5,
+    SFC_NO_CONNECTION = 6,
+    SFC_CONNECTION_LOST = 7,
+    SFC_OP_UNSUPPORTED = 8,
 };
 
 #define SFC_FXF_READ 0x00000001u
 
 /* attribute flags */
-#define TUN_SFTP_ATTR_SIZE 0x00000001u
-#define TUN_SFTP_ATTR_UIDGID 0x00000002u
+#define TUN_SFTP_ATTR_SIZE        0x00000001u
+#define TUN_SFTP_ATTR_UIDGID      0x00000002u
 #define TUN_SFTP_ATTR_PERMISSIONS 0x00000004u
-#define TUN_SFTP_ATTR_ACMODTIME 0x00000008u
-#define TUN_SFTP_ATTR_EXTENDED 0x80000000u
+#define TUN_SFTP_ATTR_ACMODTIME   0x00000008u
+#define TUN_SFTP_ATTR_EXTENDED    0x80000000u
 
 #define SFC_EXT_PAIRS_MAX 64 /* extended attribute pairs accepted in one ATTRS */
 
@@ -49,8 +77,7 @@ struct tun_sftp_attr {
  * has none) and a read-only view of the rest in 'payload', valid until rx changes. Returns 0,
  * -EAGAIN when rx does not hold a whole packet yet (nothing consumed), or -EBADMSG when the
  * length is below 5 (1 for VERSION) or above max (the stream cannot be trusted any more). */
-int sfc_get_packet(struct buf *rx, uint32_t max, uint8_t *type, uint32_t *id,
-                   struct buf *payload);
+int sfc_get_packet(struct buf *rx, uint32_t max, uint8_t *type, uint32_t *id, struct buf *payload);
 
 /* ATTRS as SFTP v3 encodes them; extended pairs are skipped (at most SFC_EXT_PAIRS_MAX). */
 int sfc_get_attr(struct buf *b, struct tun_sftp_attr *a);

@@ -242,8 +242,8 @@ int tun_ssh_connect(const struct tun_ssh_opts *o, ssh_session *out, char *err, s
         char *user = NULL;
         ssh_options_get(s, SSH_OPTIONS_USER, &user);
         if (strchr(host, '@'))
-            snprintf(err, errlen, "permission denied (publickey) for '%s': no identity was accepted",
-                     host);
+            snprintf(err, errlen,
+                     "permission denied (publickey) for '%s': no identity was accepted", host);
         else
             snprintf(err, errlen,
                      "permission denied (publickey) for '%s@%s': no identity was accepted",

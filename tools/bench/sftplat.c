@@ -86,8 +86,8 @@ int main(int argc, char **argv)
     pthread_mutex_unlock(&mu);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     double sec = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
-    printf("%d reads of %u bytes, depth %d: %.3f ms per read, %.1f MB/s, %d failed\n", count,
-           len, depth, sec * 1e3 / count, (double)total / sec / 1e6, failed);
+    printf("%d reads of %u bytes, depth %d: %.3f ms per read, %.1f MB/s, %d failed\n", count, len,
+           depth, sec * 1e3 / count, (double)total / sec / 1e6, failed);
     tun_sftp_close(s, &h);
     tun_sftp_stop(s);
     return failed ? 1 : 0;
