@@ -87,7 +87,10 @@ tree_equal "$SRC" "$MNT" || fail "tree differs after server-side change"
 pass "files changed between mounts are refetched (fetched $fetched3 bytes)"
 
 # the index and the cache files are consistent
+pid=$(HOME=$T_HOME "$OFFLOAD_BIN" inspect --json "$MNT" | grep -o '"pid":[0-9]*' | cut -d: -f2)
 fusermount3 -u "$MNT"
 wait_unmounted "$MNT" 10 || fail "unmount"
-[[ $(sqlite3 "$CACHE/index.db" 'PRAGMA integrity_check') == ok ]] || fail "index integrity"
+for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done # index closed
+ic=$(sqlite3 "$CACHE/index.db" 'PRAGMA integrity_check' 2>&1)
+[[ $ic == ok ]] || fail "index integrity: $ic"
 pass "index integrity ok after unmount"
