@@ -69,6 +69,22 @@ cp "$T/kh" "$T_HOME/.ssh/known_hosts"
 expect_fail "auth failure" "permission denied \(publickey\)" \
 	mount -i "$T/other" -F /dev/null -p "$SSHD_PORT" "root@127.0.0.1:$SRC" "$MNT"
 
+# the ssh agent: a config naming no identity, a HOME with no default keys, the key in an agent
+eval "$(ssh-agent -s)" >/dev/null
+t_track "$SSH_AGENT_PID"
+ssh-add -q "$T_HOME/.ssh/client_ed25519" 2>/dev/null || fail "ssh-add"
+grep -v -E 'IdentityFile|IdentitiesOnly' "$T_SSH_CONFIG" >"$T/agentconfig"
+mkdir -p "$T/agenthome/.ssh"
+HOME=$T/agenthome timeout 60 "$OFFLOAD_BIN" mount -F "$T/agentconfig" "offload-test:$SRC" "$MNT" \
+	2>"$T/err" || fail "mount with the key only in the agent: $(cat "$T/err")"
+wait_mounted "$MNT" 10 || fail "mount did not appear"
+[[ $(cat "$MNT/sub/file") == hello ]] || fail "read through the agent-authenticated mount"
+fusermount3 -u "$MNT"
+wait_unmounted "$MNT" 10 || fail "unmount"
+kill "$SSH_AGENT_PID"
+unset SSH_AUTH_SOCK SSH_AGENT_PID
+pass "authenticates with the ssh agent when no identity file is given"
+
 # mountpoint busy
 O mount "offload-test:$SRC" "$MNT" || fail "mount"
 wait_mounted "$MNT" 10 || fail "mount did not appear"
