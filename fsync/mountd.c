@@ -1970,6 +1970,7 @@ int fs_mount_run(const struct fs_mount_opts *o, int ready_fd)
     char *argv[] = {"offload", "-o", mopts, o->debug ? "-d" : NULL, NULL};
     struct fuse_args args = FUSE_ARGS_INIT(o->debug ? 4 : 3, argv);
     m->se = fuse_session_new(&args, &ops, sizeof(ops), m);
+    fuse_opt_free_args(&args);
     if (m->se == NULL) {
         fprintf(stderr, "offload: cannot create the FUSE session (options '%s')\n", mopts);
         goto out;
