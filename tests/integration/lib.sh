@@ -173,6 +173,16 @@ t_cleanup() {
 	# shellcheck disable=SC2086
 	_t_kill_tree KILL "${T_PIDS[@]}" $SSHD_PID $pids $(pgrep -P $$ 2>/dev/null)
 	# No `wait`: a child stuck in the kernel must not hang the cleanup.
+	# A sanitizer report in any mountd log fails the test, whatever the test itself saw (the
+	# ASan+UBSan build runs the same tests; the daemon's stderr goes to its log).
+	local logs
+	logs=$(grep -rlE --include=mountd.log 'ERROR: AddressSanitizer|runtime error:|ERROR: LeakSanitizer' "$T" 2>/dev/null)
+	if [[ -n $logs ]]; then
+		echo "FAIL: sanitizer report in $logs:" >&2
+		# shellcheck disable=SC2086
+		grep -hE -A12 'ERROR: AddressSanitizer|runtime error:|ERROR: LeakSanitizer' $logs | head -60 >&2
+		rc=1
+	fi
 	if [[ ${T_KEEP:-} == 1 ]]; then
 		echo "cleanup: kept $T" >&2
 	else
