@@ -46,8 +46,14 @@ int cmd_inspect(int argc, char **argv)
         sock = path;
     }
     if ((r = fs_stats_fetch(sock, doc, sizeof(doc))) != 0) {
-        fprintf(stderr, "offload inspect: cannot reach the mount's counters at '%s': %s\n", sock,
-                strerror(-r));
+        if (sock == path && (r == -ENOENT || r == -ECONNREFUSED))
+            fprintf(stderr,
+                    "offload inspect: '%s' is not a running offload mount (no counters at "
+                    "'%s')\n",
+                    argv[optind], sock);
+        else
+            fprintf(stderr, "offload inspect: cannot reach the counters at '%s': %s\n", sock,
+                    strerror(-r));
         return 1;
     }
     if (json) {
