@@ -31,7 +31,7 @@
 #include <unistd.h>
 
 #define RA_START         4  /* blocks of read-ahead after the second sequential read */
-#define RA_MAX           64 /* at most 4 MiB ahead */
+#define RA_MAX           128 /* at most 8 MiB ahead: the SSH receive window */
 #define BATCH_MAX        8  /* blocks per verified batch (each batch ends with an fstat) */
 #define FETCH_TRIES      3  /* a read retries this often after a stale handle or a change */
 #define OF_BUCKETS       1024
