@@ -361,6 +361,8 @@ static bool link_error(int r)
     return r == -EIO || r == -ESTALE || r == -ESHUTDOWN || r == -ETIMEDOUT || r == -EPROTO;
 }
 
+static int refresh_dir(struct mountd *m, int64_t dir, int depth);
+
 /* Ask the server for (parent, name) and record it. -ENOENT removes the row. */
 static int fetch_entry(struct mountd *m, int64_t parent, const char *name, struct idx_file *out)
 {
@@ -369,6 +371,14 @@ static int fetch_entry(struct mountd *m, int64_t parent, const char *name, struc
     struct idx_file f;
     int r;
 
+    /* A parent listed before, now expired: one listing refreshes every sibling (a walk then
+     * pays a round trip per folder, not per entry); only a never-listed parent is asked about
+     * the one name. */
+    struct idx_file p;
+    if (idx_get(m->idx, parent, &p) == 0 && p.list_time_ns != 0 && !fresh(m, p.list_time_ns) &&
+        refresh_dir(m, parent, PF_DEPTH + 1) == 0 && idx_get(m->idx, parent, &p) == 0 &&
+        fresh(m, p.list_time_ns))
+        return idx_lookup(m->idx, parent, name, out);
     if ((r = node_path(m, parent, path, sizeof(path))) != 0)
         return r;
     if (strlen(path) + strlen(name) + 2 > sizeof(path))
