@@ -89,6 +89,7 @@ enum stmt {
     S_ROOT_INSERT,
     S_FILE_UPDATE,
     S_FILE_DELETE,
+    S_FILE_MOVE,
     S_FILE_TOUCH,
     S_FILE_LISTED,
     S_LINK_SET,
@@ -145,6 +146,7 @@ static const struct {
                        "version = ?13, attr_time_ns = ?14, list_time_ns = ?15, "
                        "link_target = CASE WHEN ?2 THEN NULL ELSE link_target END WHERE id = ?1"},
     [S_FILE_DELETE] = {"delete file row", "DELETE FROM files WHERE id = ?1"},
+    [S_FILE_MOVE] = {"move file row", "UPDATE files SET parent = ?2, name = ?3 WHERE id = ?1"},
     [S_FILE_TOUCH] = {"touch file row", "UPDATE files SET attr_time_ns = ?2 WHERE id = ?1"},
     [S_FILE_LISTED] = {"mark directory listed", "UPDATE files SET list_time_ns = ?2 WHERE id = ?1"},
     [S_LINK_SET] = {"write link target", "UPDATE files SET link_target = ?2 WHERE id = ?1"},
@@ -1175,6 +1177,56 @@ int idx_delete(idx_t *idx, int64_t id, void (*gone)(void *arg, int64_t id, uint6
     sqlite3_bind_int64(idx->st[S_SUBTREE], 1, id);
     r = delete_rows(idx, S_SUBTREE, gone, arg);
     return delete_end(idx, r == 0 ? -ENOENT : r < 0 ? r : 0, mark);
+}
+
+int idx_rename(idx_t *idx, int64_t id, int64_t parent, const char *name,
+               void (*gone)(void *arg, int64_t id, uint64_t version), void *arg)
+{
+    struct idx_file row, up, old;
+    size_t mark;
+    int r;
+
+    if (id == IDX_ROOT_ID)
+        return -EINVAL;
+    if ((r = check_name(parent, name, IDX_NAME_MAX + 1)) < 0)
+        return r;
+    pthread_mutex_lock(&idx->lock);
+    mark = idx->gone_n;
+    if ((r = op_begin(idx)) < 0) {
+        pthread_mutex_unlock(&idx->lock);
+        return r;
+    }
+    if ((r = get_locked(idx, id, &row)) < 0 || (r = get_locked(idx, parent, &up)) < 0)
+        goto out;
+    if (!S_ISDIR(up.mode)) {
+        r = -ENOTDIR;
+        goto out;
+    }
+    /* A directory may not move beneath itself: walk up from the new parent. */
+    for (;;) {
+        if (up.id == id) {
+            r = -EINVAL;
+            goto out;
+        }
+        if (up.parent == 0)
+            break;
+        if ((r = get_locked(idx, up.parent, &up)) < 0)
+            goto out;
+    }
+    r = lookup_locked(idx, parent, name, &old);
+    if (r == 0 && old.id != id) {
+        sqlite3_bind_int64(idx->st[S_SUBTREE], 1, old.id);
+        if ((r = delete_rows(idx, S_SUBTREE, gone, arg)) < 0)
+            goto out;
+    } else if (r < 0 && r != -ENOENT) {
+        goto out;
+    }
+    sqlite3_bind_int64(idx->st[S_FILE_MOVE], 1, id);
+    sqlite3_bind_int64(idx->st[S_FILE_MOVE], 2, parent);
+    sqlite3_bind_text(idx->st[S_FILE_MOVE], 3, name, -1, SQLITE_STATIC);
+    r = exec(idx, S_FILE_MOVE);
+out:
+    return delete_end(idx, r < 0 ? r : 0, mark);
 }
 
 int idx_prune_children(idx_t *idx, int64_t dir, int64_t before_ns,

@@ -112,6 +112,12 @@ int idx_set_listed(idx_t *idx, int64_t dir, int64_t list_time_ns);
 int idx_delete(idx_t *idx, int64_t id, void (*gone)(void *arg, int64_t id, uint64_t version),
                void *arg);
 
+/* Move the row 'id' (with everything below it, keeping ids, versions and blocks) to the name
+ * 'name' in the directory 'parent'. A row already there is deleted first, with its subtree, calling
+ * gone() as idx_delete does. -EINVAL for the root or a move beneath itself, -ENOTDIR when 'parent'
+ * is not a directory, -ENOENT when either row is missing; names as for idx_put. */
+int idx_rename(idx_t *idx, int64_t id, int64_t parent, const char *name,
+               void (*gone)(void *arg, int64_t id, uint64_t version), void *arg);
 /* Delete the children of 'dir' whose attr_time_ns is older than 'before_ns' (they were not seen
  * in a listing started at before_ns), recursively, calling gone() as idx_delete does. */
 int idx_prune_children(idx_t *idx, int64_t dir, int64_t before_ns,

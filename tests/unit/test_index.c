@@ -978,6 +978,62 @@ START_TEST(test_children_callback_may_call_index)
 }
 END_TEST
 
+/* ---- rename ---- */
+
+START_TEST(test_rename_moves_subtree_keeping_ids_and_blocks)
+{
+    struct seen s = {0};
+    struct idx_file got;
+    int64_t d = put_dir(IDX_ROOT_ID, "d"), e = put_dir(IDX_ROOT_ID, "e");
+    int64_t a = put_file(d, "a", 10);
+
+    put_block(a, 0, 10, true);
+    ck_assert_int_eq(idx_rename(idx, d, e, "moved", on_gone, &s), 0);
+    ck_assert_int_eq(s.n, 0);
+    ck_assert_int_eq(idx_lookup(idx, IDX_ROOT_ID, "d", &got), -ENOENT);
+    ck_assert_int_eq(idx_lookup(idx, e, "moved", &got), 0);
+    ck_assert_int_eq(got.id, d);
+    ck_assert_int_eq(idx_lookup(idx, d, "a", &got), 0);
+    ck_assert_int_eq(got.id, a);
+    ck_assert_uint_eq(idx_cached_bytes(idx), 10);
+    ck_assert_int_eq(idx_check(idx), 0);
+}
+END_TEST
+
+START_TEST(test_rename_replaces_target_and_calls_gone)
+{
+    struct seen s = {0};
+    struct idx_file got;
+    int64_t a = put_file(IDX_ROOT_ID, "a", 10), b = put_file(IDX_ROOT_ID, "b", 20);
+
+    put_block(b, 0, 20, true);
+    ck_assert_int_eq(idx_rename(idx, a, IDX_ROOT_ID, "b", on_gone, &s), 0);
+    ck_assert_int_eq(s.n, 1);
+    ck_assert(seen_has(&s, b));
+    ck_assert_int_eq(idx_lookup(idx, IDX_ROOT_ID, "b", &got), 0);
+    ck_assert_int_eq(got.id, a);
+    ck_assert_uint_eq(idx_cached_bytes(idx), 0);
+    ck_assert_int_eq(idx_check(idx), 0);
+}
+END_TEST
+
+START_TEST(test_rename_refuses_beneath_itself_root_and_bad_names)
+{
+    struct idx_file got;
+    int64_t d = put_dir(IDX_ROOT_ID, "d"), sub = put_dir(d, "sub"), f = put_file(d, "f", 1);
+
+    ck_assert_int_eq(idx_rename(idx, d, sub, "x", NULL, NULL), -EINVAL);
+    ck_assert_int_eq(idx_rename(idx, d, d, "x", NULL, NULL), -EINVAL);
+    ck_assert_int_eq(idx_rename(idx, IDX_ROOT_ID, d, "x", NULL, NULL), -EINVAL);
+    ck_assert_int_eq(idx_rename(idx, sub, f, "x", NULL, NULL), -ENOTDIR);
+    ck_assert_int_eq(idx_rename(idx, sub, IDX_ROOT_ID, "a/b", NULL, NULL), -EINVAL);
+    ck_assert_int_eq(idx_rename(idx, sub, IDX_ROOT_ID, "..", NULL, NULL), -EINVAL);
+    ck_assert_int_eq(idx_rename(idx, 4242, IDX_ROOT_ID, "x", NULL, NULL), -ENOENT);
+    ck_assert_int_eq(idx_lookup(idx, d, "sub", &got), 0);
+    ck_assert_int_eq(idx_check(idx), 0);
+}
+END_TEST
+
 /* ---- delete and prune ---- */
 
 START_TEST(test_delete_removes_subtree_and_calls_gone)
@@ -1633,6 +1689,9 @@ static Suite *index_suite(void)
     tcase_add_test(tc, test_delete_removes_subtree_and_calls_gone);
     tcase_add_test(tc, test_delete_missing_is_enoent);
     tcase_add_test(tc, test_delete_root_refused);
+    tcase_add_test(tc, test_rename_moves_subtree_keeping_ids_and_blocks);
+    tcase_add_test(tc, test_rename_replaces_target_and_calls_gone);
+    tcase_add_test(tc, test_rename_refuses_beneath_itself_root_and_bad_names);
     tcase_add_test(tc, test_delete_in_batch_calls_gone_after_commit);
     tcase_add_test(tc, test_delete_in_rolled_back_batch_never_calls_gone);
     tcase_add_test(tc, test_prune_removes_unseen_children_recursively);
