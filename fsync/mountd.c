@@ -7,8 +7,8 @@
  * Lock order: m->of_lock, then of->lock, then the index's own mutex. Callbacks run under the
  * index mutex (idx_children, idx_delete's gone) never call the index.
  */
-#define FUSE_USE_VERSION 34
 #include "mount.h"
+#include "mountd_int.h"
 
 #include "blockcache.h"
 #include "index.h"
@@ -30,109 +30,15 @@
 #include <time.h>
 #include <unistd.h>
 
-#define RA_START         4  /* blocks of read-ahead after the second sequential read */
-#define RA_MAX           128 /* at most 8 MiB ahead: the SSH receive window */
-#define BATCH_MAX        8  /* blocks per verified batch (each batch ends with an fstat) */
-#define FETCH_TRIES      3  /* a read retries this often after a stale handle or a change */
-#define OF_BUCKETS       1024
-#define OF_KEEP_MAX      1024 /* files kept loaded between reads when the kernel skips open */
-#define PF_THREADS       8    /* directory listings prefetched in parallel */
-#define PF_DEPTH         3    /* levels below a listing somebody asked for */
-#define PF_QUEUE_MAX     4096
-#define PF_FILE_MAX      (256 * 1024) /* files up to this size are fetched with their siblings */
-#define PF_FILES_PER_DIR 512
-#define PF_DIRS_SEEN     1024
-
-enum bstate { B_MISSING = 0, B_CACHED, B_VERIFIED, B_FETCHING };
-
-struct ofile {
-    struct ofile *next; /* hash chain; protected by m->of_lock */
-    int refs;           /* protected by m->of_lock */
-    bool kept;          /* the table holds one of the refs (no-open mode); m->of_lock */
-    uint64_t last_use;  /* m->of_lock */
-    int64_t id;
-
-    pthread_mutex_t lock; /* protects everything below */
-    pthread_cond_t cond;  /* broadcast when blocks change state or the handle opens */
-    bool loaded;          /* state and cache file set up (lazily, at the first read) */
-    struct idx_file want; /* the version to load at the first read */
-    uint64_t version, size;
-    int64_t mtime_ns;
-    int fd;
-    int retired[8]; /* fds of earlier versions, closed with the ofile (readers may hold them) */
-    int n_retired;
-    uint64_t nblocks;
-    uint8_t *state;
-    uint8_t (*hash)[16];
-    bool changed; /* the server copy changed under a fetch: revalidate before serving */
-    int err;      /* last fetch error */
-    struct tun_sftp_handle h;
-    bool have_handle, opening;
-    uint64_t next_seq; /* block after the last read */
-    uint32_t ra;       /* read-ahead window, blocks */
-    uint64_t ra_next;  /* first block read-ahead has not requested yet */
-};
-
-struct mountd {
-    struct fs_mount_opts o;
-    char root[PATH_MAX];
-    char cache_dir[PATH_MAX];
-    idx_t *idx;
-    tun_sftp_t *sftp;
-    struct fs_stats st;
-    fs_stats_server_t *srv;
-    struct fuse_session *se;
-    int64_t ttl_ns;
-    int64_t epoch_ns; /* when this mount started */
-    bool no_opendir;  /* the kernel can skip opendir/releasedir (set once, in init) */
-    double ttl_s;
-    uint64_t budget;
-
-    pthread_mutex_t of_lock;
-    struct ofile *of_hash[OF_BUCKETS]; /* open files by id; protected by of_lock */
-    size_t n_kept;                     /* ofiles kept by the table; of_lock */
-    uint64_t of_tick;                  /* of_lock */
-    bool no_open; /* the kernel can skip open/release: files are found by inode at read */
-
-    pthread_mutex_t bg_lock; /* protects the queues below and stopping */
-    pthread_cond_t bg_cond;
-    struct idx_block *pend; /* block rows waiting for the flusher */
-    size_t n_pend, cap_pend;
-    int64_t *touch; /* files whose blocks were just used (LRU), batched */
-    size_t n_touch, cap_touch;
-    fuse_ino_t *inval; /* inodes whose kernel caches must go */
-    size_t n_inval, cap_inval;
-    bool stopping;
-    /* directory prefetch: listings of subdirectories before anyone asks (protected by
-     * bg_lock; dirs being listed are in 'listing' so a listing is never done twice at once) */
-    struct pf_item {
-        int64_t dir;
-        int depth;
-    } * pf;
-    size_t n_pf, cap_pf;
-    int64_t *pf_files; /* small files to fetch before they are read (FIFO) */
-    size_t pf_head, n_pf_files, cap_pf_files;
-    int64_t pf_dirs_done[PF_DIRS_SEEN]; /* folders whose files were queued, this mount */
-    size_t n_pf_dirs_done;
-    int64_t listing[64];
-    int n_listing;
-    pthread_cond_t list_cond;
-    pthread_t prefetchers[PF_THREADS];
-    struct batch *done_head, *done_tail; /* fetched batches for the writer */
-    pthread_cond_t done_cond;
-    bool writer_stop;
-    pthread_t flusher, invalidator, writer;
-};
-
-static int64_t wall_ns(void)
+int64_t md_wall_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-static void logmsg(struct mountd *m, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void logmsg(struct mountd *m, const char *fmt, ...)
+void md_log(struct mountd *m, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void md_log(struct mountd *m, const char *fmt, ...)
 {
     va_list ap;
     (void)m;
@@ -145,7 +51,7 @@ static void logmsg(struct mountd *m, const char *fmt, ...)
 
 /* ---- background queues ---- */
 
-static void queue_inval(struct mountd *m, fuse_ino_t ino)
+void md_queue_inval(struct mountd *m, fuse_ino_t ino)
 {
     pthread_mutex_lock(&m->bg_lock);
     if (m->n_inval == m->cap_inval) {
@@ -159,6 +65,26 @@ static void queue_inval(struct mountd *m, fuse_ino_t ino)
         m->cap_inval = cap;
     }
     m->inval[m->n_inval++] = ino;
+    pthread_cond_broadcast(&m->bg_cond);
+    pthread_mutex_unlock(&m->bg_lock);
+}
+
+void md_queue_inval_entry(struct mountd *m, fuse_ino_t parent, const char *name)
+{
+    pthread_mutex_lock(&m->bg_lock);
+    if (m->n_inval_ent == m->cap_inval_ent) {
+        size_t cap = m->cap_inval_ent ? m->cap_inval_ent * 2 : 64;
+        struct inval_ent *n = realloc(m->inval_ent, cap * sizeof(*n));
+        if (n == NULL) {
+            pthread_mutex_unlock(&m->bg_lock);
+            return;
+        }
+        m->inval_ent = n;
+        m->cap_inval_ent = cap;
+    }
+    m->inval_ent[m->n_inval_ent].parent = parent;
+    snprintf(m->inval_ent[m->n_inval_ent].name, sizeof(m->inval_ent[0].name), "%s", name);
+    m->n_inval_ent++;
     pthread_cond_broadcast(&m->bg_cond);
     pthread_mutex_unlock(&m->bg_lock);
 }
@@ -224,7 +150,10 @@ static void flush_blocks(struct mountd *m)
     if (n || nt) {
         idx_begin(m->idx);
         for (size_t i = 0; i < n; i++)
-            idx_block_put(m->idx, &p[i]); /* -ESTALE: the file moved on, drop the row */
+            /* -ESTALE: the file moved on, drop the row */
+            if (idx_block_put(m->idx, &p[i]) == 0 && m->fm &&
+                (i == 0 || p[i].file != p[i - 1].file))
+                fm_hold(m, p[i].file);
         for (size_t i = 0; i < nt; i++)
             if (i == 0 || t[i] != t[i - 1])
                 idx_blocks_touch(m->idx, t[i]);
@@ -265,6 +194,16 @@ static void *invalidator_main(void *arg)
 
     pthread_mutex_lock(&m->bg_lock);
     while (!m->stopping) {
+        if (m->n_inval_ent) {
+            /* names first, in the order they were queued */
+            struct inval_ent e = m->inval_ent[0];
+            memmove(m->inval_ent, m->inval_ent + 1, --m->n_inval_ent * sizeof(e));
+            pthread_mutex_unlock(&m->bg_lock);
+            if (m->se)
+                fuse_lowlevel_notify_inval_entry(m->se, e.parent, e.name, strlen(e.name));
+            pthread_mutex_lock(&m->bg_lock);
+            continue;
+        }
         if (m->n_inval == 0) {
             pthread_cond_wait(&m->bg_cond, &m->bg_lock);
             continue;
@@ -281,14 +220,14 @@ static void *invalidator_main(void *arg)
 
 /* ---- metadata ---- */
 
-static void gone_cb(void *arg, int64_t id, uint64_t version)
+void md_gone_cb(void *arg, int64_t id, uint64_t version)
 {
     struct mountd *m = arg;
     fs_cache_remove(m->cache_dir, id, version);
 }
 
 /* The server path of row id, or -ENOENT if a row on the way is gone. */
-static int node_path(struct mountd *m, int64_t id, char *out, size_t len)
+int md_node_path(struct mountd *m, int64_t id, char *out, size_t len)
 {
     char tmp[PATH_MAX];
     size_t pos = sizeof(tmp) - 1;
@@ -342,7 +281,7 @@ static int meta_put(struct mountd *m, struct idx_file *f)
     if (r == 1) {
         if (had)
             fs_cache_remove(m->cache_dir, old.id, old.version);
-        queue_inval(m, (fuse_ino_t)f->id);
+        md_queue_inval(m, (fuse_ino_t)f->id);
         r = 0;
     }
     return r;
@@ -352,7 +291,9 @@ static int meta_put(struct mountd *m, struct idx_file *f)
  * mounts saw is kept (served when the server cannot be asked) but never fresh. */
 static bool fresh(struct mountd *m, int64_t t)
 {
-    return t >= m->epoch_ns && wall_ns() - t < m->ttl_ns;
+    if (atomic_load(&m->feed_live) && t >= atomic_load(&m->feed_epoch_ns))
+        return true; /* applied from the live feed: every later change arrives the same way */
+    return t >= m->epoch_ns && md_wall_ns() - t < m->ttl_ns;
 }
 
 /* A failure to ask the server (not an answer from it): expired metadata may then be served. */
@@ -379,7 +320,7 @@ static int fetch_entry(struct mountd *m, int64_t parent, const char *name, struc
         refresh_dir(m, parent, PF_DEPTH + 1) == 0 && idx_get(m->idx, parent, &p) == 0 &&
         fresh(m, p.list_time_ns))
         return idx_lookup(m->idx, parent, name, out);
-    if ((r = node_path(m, parent, path, sizeof(path))) != 0)
+    if ((r = md_node_path(m, parent, path, sizeof(path))) != 0)
         return r;
     if (strlen(path) + strlen(name) + 2 > sizeof(path))
         return -ENAMETOOLONG;
@@ -390,7 +331,7 @@ static int fetch_entry(struct mountd *m, int64_t parent, const char *name, struc
     r = tun_sftp_lstat(m->sftp, path, &a);
     if (r == -ENOENT) {
         if (idx_lookup(m->idx, parent, name, &f) == 0)
-            idx_delete(m->idx, f.id, gone_cb, m);
+            idx_delete(m->idx, f.id, md_gone_cb, m);
         return -ENOENT;
     }
     if (r != 0)
@@ -398,7 +339,7 @@ static int fetch_entry(struct mountd *m, int64_t parent, const char *name, struc
     memset(&f, 0, sizeof(f));
     f.parent = parent;
     snprintf(f.name, sizeof(f.name), "%s", name);
-    attr_to_file(&a, wall_ns(), &f);
+    attr_to_file(&a, md_wall_ns(), &f);
     if ((r = meta_put(m, &f)) != 0)
         return r;
     *out = f;
@@ -425,7 +366,7 @@ static int get_fresh(struct mountd *m, int64_t id, struct idx_file *out)
         struct tun_sftp_attr a;
         FS_STAT_ADD(&m->st, meta_fetches, 1);
         if ((r = tun_sftp_stat(m->sftp, m->root, &a)) == 0) {
-            attr_to_file(&a, wall_ns(), &f);
+            attr_to_file(&a, md_wall_ns(), &f);
             r = meta_put(m, &f);
         }
     } else {
@@ -462,14 +403,21 @@ static void file_to_stat(const struct idx_file *f, struct stat *st)
     st->st_ctim.tv_nsec = f->ctime_ns % 1000000000;
 }
 
+/* How long the kernel may keep entries and attributes: long while the feed is live (changes are
+ * pushed and invalidated explicitly), the metadata TTL otherwise. */
+static double kernel_ttl(struct mountd *m)
+{
+    return atomic_load(&m->feed_live) ? FEED_KERNEL_TTL : m->ttl_s;
+}
+
 static void fill_entry(struct mountd *m, const struct idx_file *f, struct fuse_entry_param *e)
 {
     memset(e, 0, sizeof(*e));
     e->ino = (fuse_ino_t)f->id;
     e->generation = 1;
     file_to_stat(f, &e->attr);
-    e->attr_timeout = m->ttl_s;
-    e->entry_timeout = m->ttl_s;
+    e->attr_timeout = kernel_ttl(m);
+    e->entry_timeout = kernel_ttl(m);
 }
 
 static int reply_err(fuse_req_t req, int negerr)
@@ -619,9 +567,9 @@ static int refresh_dir_once(struct mountd *m, int64_t dir, int depth)
         FS_STAT_ADD(&m->st, stale_served, 1);
         return 0; /* an older listing is the best answer without a link */
     }
-    if ((r = node_path(m, dir, path, sizeof(path))) != 0)
+    if ((r = md_node_path(m, dir, path, sizeof(path))) != 0)
         return r;
-    c.start = wall_ns();
+    c.start = md_wall_ns();
     FS_STAT_ADD(&m->st, meta_fetches, 1);
     r = tun_sftp_listdir(m->sftp, path, list_each, &c);
     if (r == 0) {
@@ -629,7 +577,7 @@ static int refresh_dir_once(struct mountd *m, int64_t dir, int depth)
         for (size_t i = 0; i < c.n && r == 0; i++)
             r = meta_put(m, &c.v[i]);
         if (r == 0)
-            r = idx_prune_children(m->idx, dir, c.start, gone_cb, m);
+            r = idx_prune_children(m->idx, dir, c.start, md_gone_cb, m);
         if (r == 0)
             r = idx_set_listed(m->idx, dir, c.start);
         if (r == 0)
@@ -656,6 +604,105 @@ static struct mountd *M(fuse_req_t req)
     return m;
 }
 
+/* ---- reflection: laptop changes replayed through the mount, so inotify watchers see them ----
+ *
+ * Kernel invalidation raises no inotify event (DESIGN invariant 5). After the feed applied a
+ * change to the index, the feed thread performs the matching syscall on the mount itself
+ * (md_reflect): mknod/mkdir/symlink for a new name, unlink/rmdir, rename, and utimensat plus an
+ * open-for-write and close for changed content or metadata. The kernel then emits IN_CREATE,
+ * IN_DELETE, IN_MOVED_FROM/TO, IN_ATTRIB and IN_CLOSE_WRITE as for any local change. The handlers
+ * recognise the feed thread by the caller's thread id and only acknowledge (the change is
+ * already in the index); for everyone else the mount stays read-only (EROFS). An overlay makes
+ * the feed thread's own lookups see the name as it was before the change: a created name is
+ * hidden (or the kernel would answer EEXIST without asking), a removed or renamed-away name is
+ * still there (a ghost of the row), so the syscall reaches mountd. */
+
+static bool from_reflector(struct mountd *m, fuse_req_t req)
+{
+    pid_t t = atomic_load(&m->rf_tid);
+    return t != 0 && fuse_req_ctx(req)->pid == t;
+}
+
+/* The overlay's answer for (parent, name): 1 hidden, 2 a ghost in *f, 0 none. */
+static int overlay(struct mountd *m, int64_t parent, const char *name, struct idx_file *f)
+{
+    int r = 0;
+    pthread_mutex_lock(&m->rf_lock);
+    for (int i = 0; i < m->rf_n && !r; i++)
+        if (m->rf_ov[i].parent == parent && strcmp(m->rf_ov[i].name, name) == 0) {
+            r = m->rf_ov[i].hide ? 1 : 2;
+            *f = m->rf_ov[i].f;
+        }
+    pthread_mutex_unlock(&m->rf_lock);
+    return r;
+}
+
+static void ov_set(struct mountd *m, int64_t parent, const char *name, bool hide,
+                   const struct idx_file *f)
+{
+    pthread_mutex_lock(&m->rf_lock);
+    if (m->rf_n < 2) {
+        struct rf_overlay *o = &m->rf_ov[m->rf_n++];
+        o->parent = parent;
+        snprintf(o->name, sizeof(o->name), "%s", name);
+        o->hide = hide;
+        if (f)
+            o->f = *f;
+    }
+    pthread_mutex_unlock(&m->rf_lock);
+}
+
+void md_reflect(struct mountd *m, const struct md_reflection *rf)
+{
+    char p[PATH_MAX * 2], q[PATH_MAX * 2];
+    if (!atomic_load(&m->mounted))
+        return;
+    atomic_store(&m->rf_tid, gettid());
+    snprintf(p, sizeof(p), "%s/%s", m->mountpoint, rf->path);
+    snprintf(q, sizeof(q), "%s/%s", m->mountpoint, rf->path2 ? rf->path2 : "");
+    if (rf->kind == MD_RF_CREATE || rf->kind == MD_RF_RENAME)
+        ov_set(m, rf->hide_parent, rf->hide_name, true, NULL);
+    if (rf->kind == MD_RF_DELETE || rf->kind == MD_RF_RENAME)
+        ov_set(m, rf->ghost.parent, rf->ghost.name, false, &rf->ghost);
+    int r = 0;
+    switch (rf->kind) {
+    case MD_RF_CREATE:
+        if (S_ISDIR(rf->mode))
+            r = mkdir(p, 0755);
+        else if (S_ISLNK(rf->mode))
+            r = symlink(".", p);
+        else
+            r = mknod(p, S_IFREG | 0644, 0);
+        break;
+    case MD_RF_DELETE:
+        r = S_ISDIR(rf->ghost.mode) ? rmdir(p) : unlink(p);
+        break;
+    case MD_RF_RENAME:
+        r = rename(p, q);
+        break;
+    case MD_RF_MODIFY:
+    case MD_RF_ATTRIB: {
+        /* both times omitted would be a no-op without an event: set the mtime it already has */
+        struct timespec ts[2] = {
+            {.tv_nsec = UTIME_OMIT},
+            {.tv_sec = rf->mtime_ns / 1000000000, .tv_nsec = rf->mtime_ns % 1000000000}};
+        r = utimensat(AT_FDCWD, p, ts, AT_SYMLINK_NOFOLLOW);
+        if (rf->kind == MD_RF_MODIFY && S_ISREG(rf->mode)) {
+            int fd = open(p, O_WRONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
+            if (fd >= 0)
+                close(fd); /* IN_CLOSE_WRITE, what editors' watchers wait for */
+        }
+        break;
+    }
+    }
+    if (r != 0 && m->o.debug)
+        md_log(m, "reflecting a change of '%s' through the mount: %s", rf->path, strerror(errno));
+    pthread_mutex_lock(&m->rf_lock);
+    m->rf_n = 0;
+    pthread_mutex_unlock(&m->rf_lock);
+    FS_STAT_ADD(&m->st, reflected, 1);
+}
+
 static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
     struct mountd *m = M(req);
@@ -667,6 +714,14 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
         fuse_reply_err(req, ENAMETOOLONG);
         return;
     }
+    if (from_reflector(m, req) && (r = overlay(m, (int64_t)parent, name, &f)) != 0) {
+        memset(&e, 0, sizeof(e));
+        if (r == 2)
+            fill_entry(m, &f, &e);
+        e.attr_timeout = e.entry_timeout = 0;
+        fuse_reply_entry(req, &e);
+        return;
+    }
     if ((r = idx_get(m->idx, (int64_t)parent, &p)) != 0) {
         reply_err(req, r == -ENOENT ? -ESTALE : r);
         return;
@@ -676,7 +731,7 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
         /* the listing is fresh: a missing row is a negative answer, no round trip */
         if (r == -ENOENT) {
             memset(&e, 0, sizeof(e));
-            e.entry_timeout = m->ttl_s;
+            e.entry_timeout = kernel_ttl(m);
             fuse_reply_entry(req, &e);
             return;
         }
@@ -696,7 +751,7 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
     }
     if (r == -ENOENT) {
         memset(&e, 0, sizeof(e));
-        e.entry_timeout = m->ttl_s;
+        e.entry_timeout = kernel_ttl(m);
         fuse_reply_entry(req, &e);
         return;
     }
@@ -721,7 +776,7 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
         return;
     }
     file_to_stat(&f, &st);
-    fuse_reply_attr(req, &st, m->ttl_s);
+    fuse_reply_attr(req, &st, kernel_ttl(m));
 }
 
 static void op_readlink(fuse_req_t req, fuse_ino_t ino)
@@ -743,7 +798,7 @@ static void op_readlink(fuse_req_t req, fuse_ino_t ino)
         fuse_reply_readlink(req, target);
         return;
     }
-    if ((r = node_path(m, f.id, path, sizeof(path))) != 0 ||
+    if ((r = md_node_path(m, f.id, path, sizeof(path))) != 0 ||
         (FS_STAT_ADD(&m->st, meta_fetches, 1),
          (r = tun_sftp_readlink(m->sftp, path, target, sizeof(target))) != 0)) {
         reply_err(req, r);
@@ -1079,7 +1134,7 @@ static int of_handle(struct mountd *m, struct ofile *of)
     of->opening = true;
     pthread_mutex_unlock(&of->lock);
 
-    r = node_path(m, of->id, path, sizeof(path));
+    r = md_node_path(m, of->id, path, sizeof(path));
     if (r == 0)
         r = tun_sftp_open(m->sftp, path, &h);
 
@@ -1101,7 +1156,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     struct ofile *of;
     int r;
 
-    if ((fi->flags & O_ACCMODE) != O_RDONLY) {
+    if ((fi->flags & O_ACCMODE) != O_RDONLY && !from_reflector(m, req)) {
         fuse_reply_err(req, EROFS);
         return;
     }
@@ -1122,12 +1177,12 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     if ((of = of_get(m, &f, &r)) == NULL || r != 0) {
         if (of)
             of_put(m, of);
-        logmsg(m, "cannot open the cache of '%s': %s", f.name, strerror(-r));
+        md_log(m, "cannot open the cache of '%s': %s", f.name, strerror(-r));
         reply_err(req, r);
         return;
     }
     fi->fh = (uint64_t)(uintptr_t)of;
-    fi->keep_cache = 1; /* changed versions are invalidated explicitly (queue_inval) */
+    fi->keep_cache = 1; /* changed versions are invalidated explicitly (md_queue_inval) */
     fuse_reply_open(req, fi);
 }
 
@@ -1279,8 +1334,9 @@ static void fetch_attr_done(void *arg, int err, const struct tun_sftp_attr *a)
 
     if (err != 0 && b->err == 0)
         b->err = err;
+    /* SFTP v3 carries whole seconds; the feed knows nanoseconds: compare the seconds */
     if (err == 0 && b->err == 0 &&
-        (a->size != b->expect_size || (int64_t)a->mtime * 1000000000 != b->expect_mtime_ns))
+        (a->size != b->expect_size || (int64_t)a->mtime != b->expect_mtime_ns / 1000000000))
         b->err = CHANGED;
     if (__atomic_sub_fetch(&b->pending, 1, __ATOMIC_ACQ_REL) == 0)
         batch_done(b);
@@ -1373,7 +1429,17 @@ static int of_revalidate(struct mountd *m, struct ofile *of)
 
     if ((r = idx_get(m->idx, of->id, &f)) != 0)
         return r;
-    if ((r = fetch_entry(m, f.parent, f.name, &cur)) != 0)
+    /* under a live feed the new version is on its way: wait for it (bounded) rather than ask
+     * the server, whose SFTP attributes are coarser than the feed's */
+    for (int i = 0; i < 100 && atomic_load(&m->feed_live) && f.version == of->version; i++) {
+        struct timespec ts = {0, 20 * 1000000};
+        nanosleep(&ts, NULL);
+        if ((r = idx_get(m->idx, of->id, &f)) != 0)
+            return r;
+    }
+    if (f.version != of->version && atomic_load(&m->feed_live))
+        cur = f;
+    else if ((r = fetch_entry(m, f.parent, f.name, &cur)) != 0)
         return r;
     pthread_mutex_lock(&of->lock);
     if (of->version != cur.version) {
@@ -1389,7 +1455,7 @@ static int of_revalidate(struct mountd *m, struct ofile *of)
     pthread_mutex_unlock(&of->lock);
     if (had)
         tun_sftp_close_async(m->sftp, &old);
-    queue_inval(m, (fuse_ino_t)of->id);
+    md_queue_inval(m, (fuse_ino_t)of->id);
     return r;
 }
 
@@ -1415,7 +1481,7 @@ static void verify_block(struct mountd *m, struct ofile *of, uint64_t blk)
     }
     free(tmp);
     FS_STAT_ADD(&m->st, verify_failures, 1);
-    logmsg(m, "cached block %" PRIu64 " of file %" PRId64 " failed its hash: refetching", blk,
+    md_log(m, "cached block %" PRIu64 " of file %" PRId64 " failed its hash: refetching", blk,
            of->id);
     of->state[blk] = B_MISSING;
 }
@@ -1440,7 +1506,7 @@ again:
     pthread_mutex_lock(&of->lock);
     if (!of->loaded && (r = of_load(m, of, &of->want)) != 0) {
         pthread_mutex_unlock(&of->lock);
-        logmsg(m, "cannot open the cache of '%s': %s", of->want.name, strerror(-r));
+        md_log(m, "cannot open the cache of '%s': %s", of->want.name, strerror(-r));
         goto fail;
     }
     if (of->changed) {
@@ -1513,7 +1579,7 @@ again:
     }
 
     /* wait until every block of the range is settled */
-    int64_t t0 = wall_ns();
+    int64_t t0 = md_wall_ns();
     pthread_mutex_lock(&of->lock);
     for (;;) {
         bool busy = false, missing = false;
@@ -1534,7 +1600,7 @@ again:
             }
             goto again;
         }
-        if (wall_ns() - t0 > limit) {
+        if (md_wall_ns() - t0 > limit) {
             pthread_mutex_unlock(&of->lock);
             r = -EIO;
             goto fail;
@@ -1661,7 +1727,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
     if (r == 1) {
         fuse_reply_buf(req, NULL, 0);
     } else if (r < 0) {
-        logmsg(m, "cannot read file %" PRId64 " at %lld: %s", of->id, (long long)off, strerror(-r));
+        md_log(m, "cannot read file %" PRId64 " at %lld: %s", of->id, (long long)off, strerror(-r));
         reply_err(req, r);
     } else {
         if (missed && off == 0)
@@ -1685,6 +1751,88 @@ static void op_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_dat
 {
     (void)count, (void)forgets;
     fuse_reply_none(req);
+}
+
+/* ---- mutating operations: acknowledged for the feed thread's reflections, else read-only ---- */
+
+static void reply_existing(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+    struct mountd *m = M(req);
+    struct fuse_entry_param e;
+    struct idx_file f;
+    if (!from_reflector(m, req)) {
+        fuse_reply_err(req, EROFS);
+        return;
+    }
+    if (idx_lookup(m->idx, (int64_t)parent, name, &f) != 0) {
+        fuse_reply_err(req, ENOENT);
+        return;
+    }
+    fill_entry(m, &f, &e);
+    fuse_reply_entry(req, &e);
+}
+
+static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev)
+{
+    (void)mode, (void)rdev;
+    reply_existing(req, parent, name);
+}
+
+static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
+{
+    (void)mode;
+    reply_existing(req, parent, name);
+}
+
+static void op_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name)
+{
+    (void)link;
+    reply_existing(req, parent, name);
+}
+
+static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+    (void)parent, (void)name;
+    fuse_reply_err(req, from_reflector(M(req), req) ? 0 : EROFS);
+}
+
+static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
+                      const char *newname, unsigned int flags)
+{
+    (void)parent, (void)name, (void)newparent, (void)newname, (void)flags;
+    fuse_reply_err(req, from_reflector(M(req), req) ? 0 : EROFS);
+}
+
+static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
+                       struct fuse_file_info *fi)
+{
+    struct mountd *m = M(req);
+    struct idx_file f;
+    struct stat st;
+    (void)attr, (void)to_set, (void)fi;
+    if (!from_reflector(m, req)) {
+        fuse_reply_err(req, EROFS);
+        return;
+    }
+    if (idx_get(m->idx, (int64_t)ino, &f) != 0) {
+        fuse_reply_err(req, ENOENT);
+        return;
+    }
+    file_to_stat(&f, &st);
+    fuse_reply_attr(req, &st, kernel_ttl(m));
+}
+
+static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
+                     struct fuse_file_info *fi)
+{
+    (void)ino, (void)buf, (void)size, (void)off, (void)fi;
+    fuse_reply_err(req, EROFS);
+}
+
+static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname)
+{
+    (void)ino, (void)newparent, (void)newname;
+    fuse_reply_err(req, EROFS);
 }
 
 static void op_init(void *userdata, struct fuse_conn_info *conn)
@@ -1718,6 +1866,15 @@ static const struct fuse_lowlevel_ops ops = {
     .readdirplus = op_readdirplus,
     .releasedir = op_releasedir,
     .statfs = op_statfs,
+    .mknod = op_mknod,
+    .mkdir = op_mkdir,
+    .symlink = op_symlink,
+    .unlink = op_unlink,
+    .rmdir = op_unlink,
+    .rename = op_rename,
+    .setattr = op_setattr,
+    .write = op_write,
+    .link = op_link,
 };
 
 /* ---- options, paths, startup ---- */
@@ -1833,12 +1990,13 @@ static void stats_extra(void *arg, char *out, size_t len)
              ",\"round_trips\":%llu,\"bytes_in\":%llu,\"bytes_out\":%llu,\"reconnects\":%llu,"
              "\"timeouts\":%llu,\"connected\":%s,\"cached_bytes\":%llu,\"cache_budget\":%llu,"
              "\"pid\":%d,\"rss_kb\":%ld,\"peak_rss_kb\":%ld,\"server\":\"%s\",\"root\":\"%s\","
-             "\"cache_dir\":\"%s\"",
+             "\"cache_dir\":\"%s\",\"feed_live\":%s",
              (unsigned long long)s.requests, (unsigned long long)s.bytes_in,
              (unsigned long long)s.bytes_out, (unsigned long long)s.reconnects,
              (unsigned long long)s.timeouts, s.connected ? "true" : "false",
              (unsigned long long)idx_cached_bytes(m->idx), (unsigned long long)m->budget,
-             (int)getpid(), rss, hwm, m->o.sftp.ssh.dest, m->root, m->cache_dir);
+             (int)getpid(), rss, hwm, m->o.sftp.ssh.dest, m->root, m->cache_dir,
+             atomic_load(&m->feed_live) ? "true" : "false");
 }
 
 static void report(int fd, char c)
@@ -1902,9 +2060,10 @@ int fs_mount_run(const struct fs_mount_opts *o, int ready_fd)
     m->o = *o;
     m->ttl_ns = (int64_t)(o->attr_ttl_ms < 0 ? 20000 : o->attr_ttl_ms) * 1000000;
     m->ttl_s = (double)m->ttl_ns / 1e9;
-    m->epoch_ns = wall_ns();
+    m->epoch_ns = md_wall_ns();
     m->budget = o->cache_size ? o->cache_size : 10ULL << 30;
     pthread_mutex_init(&m->of_lock, NULL);
+    pthread_mutex_init(&m->rf_lock, NULL);
     pthread_mutex_init(&m->bg_lock, NULL);
     pthread_cond_init(&m->bg_cond, NULL);
     pthread_cond_init(&m->done_cond, NULL);
@@ -1945,12 +2104,15 @@ int fs_mount_run(const struct fs_mount_opts *o, int ready_fd)
         goto out;
     memset(&root, 0, sizeof(root));
     root.parent = 0;
-    attr_to_file(&ra, wall_ns(), &root);
+    attr_to_file(&ra, md_wall_ns(), &root);
     root.list_time_ns = 0;
     if ((r = meta_put(m, &root)) != 0 || root.id != IDX_ROOT_ID) {
         fprintf(stderr, "offload: cannot record the root in the index (%d)\n", r);
         goto out;
     }
+    /* the change feed, when the server offers one: the first snapshot fills the index */
+    if ((r = fm_start(m)) != 0)
+        md_log(m, "cannot start the change feed: %s (going on without)", strerror(-r));
     if (o->stats_socket)
         snprintf(sock, sizeof(sock), "%s", o->stats_socket);
     else
@@ -1974,9 +2136,11 @@ int fs_mount_run(const struct fs_mount_opts *o, int ready_fd)
     for (char *p = fsname + 7; *p && strncmp(p, ",subtype", 8) != 0; p++)
         if (*p == ',')
             *p = '_';
-    snprintf(mopts, sizeof(mopts), "%s,ro,default_permissions,nosuid,nodev%s%s%s", fsname,
-             geteuid() == 0 ? ",allow_other" : "", o->fuse_opts && *o->fuse_opts ? "," : "",
-             o->fuse_opts ? o->fuse_opts : "");
+    /* under a live feed the mount is read-write at the VFS level so that reflected changes
+     * reach inotify watchers; every write from anyone else is refused with EROFS by mountd */
+    snprintf(mopts, sizeof(mopts), "%s,%s,default_permissions,nosuid,nodev%s%s%s", fsname,
+             atomic_load(&m->feed_live) ? "rw" : "ro", geteuid() == 0 ? ",allow_other" : "",
+             o->fuse_opts && *o->fuse_opts ? "," : "", o->fuse_opts ? o->fuse_opts : "");
     char *argv[] = {"offload", "-o", mopts, o->debug ? "-d" : NULL, NULL};
     struct fuse_args args = FUSE_ARGS_INIT(o->debug ? 4 : 3, argv);
     m->se = fuse_session_new(&args, &ops, sizeof(ops), m);
@@ -1996,6 +2160,8 @@ int fs_mount_run(const struct fs_mount_opts *o, int ready_fd)
         goto out;
     }
     mounted = true;
+    snprintf(m->mountpoint, sizeof(m->mountpoint), "%s", real_mp);
+    atomic_store(&m->mounted, true);
     pthread_create(&m->flusher, NULL, flusher_main, m);
     pthread_create(&m->invalidator, NULL, invalidator_main, m);
     pthread_create(&m->writer, NULL, writer_main, m);
@@ -2009,18 +2175,19 @@ int fs_mount_run(const struct fs_mount_opts *o, int ready_fd)
         report(ready_fd, '0');
         ready_fd = -1;
         if (chdir("/") != 0)
-            logmsg(m, "cannot leave the working directory: %s", strerror(errno));
+            md_log(m, "cannot leave the working directory: %s", strerror(errno));
         if (lfd >= 0) {
             dup2(lfd, 2);
             close(lfd);
         }
     }
-    logmsg(m, "mounted '%s:%s' on '%s' (cache '%s', counters '%s')", o->sftp.ssh.dest, m->root,
+    md_log(m, "mounted '%s:%s' on '%s' (cache '%s', counters '%s')", o->sftp.ssh.dest, m->root,
            real_mp, m->cache_dir, sock);
 
     struct fuse_loop_config cfg = {.clone_fd = 0, .max_idle_threads = 16};
     r = fuse_session_loop_mt(m->se, &cfg);
     status = r == 0 ? 0 : 1;
+    atomic_store(&m->mounted, false);
 
     pthread_mutex_lock(&m->bg_lock);
     m->stopping = true;
@@ -2028,6 +2195,7 @@ int fs_mount_run(const struct fs_mount_opts *o, int ready_fd)
     pthread_mutex_unlock(&m->bg_lock);
     pthread_join(m->flusher, NULL);
     pthread_join(m->invalidator, NULL);
+    fm_stop(m);
     for (int i = 0; i < PF_THREADS; i++)
         pthread_join(m->prefetchers[i], NULL);
     /* the writer drains what the network already delivered; what is still in flight is
@@ -2044,7 +2212,7 @@ int fs_mount_run(const struct fs_mount_opts *o, int ready_fd)
     pthread_join(m->writer, NULL);
     of_drop_kept(m);
     flush_blocks(m);
-    logmsg(m, "unmounted '%s'", real_mp);
+    md_log(m, "unmounted '%s'", real_mp);
 out:
     report(ready_fd, status == 0 ? '0' : '1');
     if (mounted)
@@ -2054,6 +2222,7 @@ out:
     if (m->se)
         fuse_session_destroy(m->se);
     fs_stats_stop(m->srv);
+    fm_stop(m);
     if (m->sftp)
         tun_sftp_stop(m->sftp);
     if (m->idx)
@@ -2063,6 +2232,7 @@ out:
     free(m->pf);
     free(m->pf_files);
     free(m->inval);
+    free(m->inval_ent);
     free(m);
     return status;
 }

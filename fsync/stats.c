@@ -31,13 +31,16 @@ void fs_stats_format(const struct fs_stats *st, char *out, size_t len)
              "\"requests\":%llu,\"cache_hits\":%llu,\"cache_misses\":%llu,"
              "\"bytes_fetched\":%llu,\"blocks_fetched\":%llu,\"readahead_blocks\":%llu,"
              "\"verify_failures\":%llu,\"changed_underneath\":%llu,\"meta_fetches\":%llu,"
-             "\"stale_served\":%llu,\"prefetched_files\":%llu",
+             "\"stale_served\":%llu,\"prefetched_files\":%llu,\"feed_batches\":%llu,"
+             "\"feed_data_blocks\":%llu,\"reflected\":%llu",
              (unsigned long long)LOAD(requests), (unsigned long long)LOAD(cache_hits),
              (unsigned long long)LOAD(cache_misses), (unsigned long long)LOAD(bytes_fetched),
              (unsigned long long)LOAD(blocks_fetched), (unsigned long long)LOAD(readahead_blocks),
              (unsigned long long)LOAD(verify_failures),
              (unsigned long long)LOAD(changed_underneath), (unsigned long long)LOAD(meta_fetches),
-             (unsigned long long)LOAD(stale_served), (unsigned long long)LOAD(prefetched_files));
+             (unsigned long long)LOAD(stale_served), (unsigned long long)LOAD(prefetched_files),
+             (unsigned long long)LOAD(feed_batches), (unsigned long long)LOAD(feed_data_blocks),
+             (unsigned long long)LOAD(reflected));
 }
 
 static void *serve_main(void *arg)

@@ -22,6 +22,9 @@ struct fs_stats {
     uint64_t meta_fetches;       /* lstat/readdir/readlink answered by the server (not the index) */
     uint64_t prefetched_files;   /* small files fetched with a sibling, before anyone read them */
     uint64_t stale_served;       /* expired metadata served because the server could not be asked */
+    uint64_t feed_batches;       /* change feed batches applied (the snapshot counts as one) */
+    uint64_t feed_data_blocks;   /* blocks the feed pushed into the cache */
+    uint64_t reflected;          /* feed changes replayed through the mount for inotify */
 };
 
 #define FS_STAT_ADD(st, field, n) __atomic_add_fetch(&(st)->field, (n), __ATOMIC_RELAXED)

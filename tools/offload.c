@@ -13,6 +13,7 @@ static const struct {
 } cmds[] = {
     {"mount", cmd_mount, "lazily mount [user@]host:/path on a directory (standalone, over SFTP)"},
     {"inspect", cmd_inspect, "show what a mount is doing (counters as JSON)"},
+    {"serve", cmd_serve, "export folders of this machine (SFTP and the change feed, confined)"},
 };
 
 int parse_size(const char *s, uint64_t *out)

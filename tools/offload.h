@@ -6,6 +6,7 @@
 
 int cmd_mount(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
+int cmd_serve(int argc, char **argv);
 
 /* Parse "123", "64k", "10M", "2G", "1T" (powers of 1024). 0 or -EINVAL. */
 int parse_size(const char *s, uint64_t *out);

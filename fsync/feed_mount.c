@@ -1,0 +1,705 @@
+/* feed_mount.c - mountd's side of the change feed (docs/feed.md): subscribe, load the snapshot
+ * into the index, apply each batch (metadata, carried-over and pushed blocks), invalidate the
+ * kernel's caches, acknowledge; fall back to TTL caching and resubscribe when the feed breaks.
+ *
+ * Threads: one feed thread owns its own SSH session (the SFTP client's session belongs to the
+ * SFTP owner thread) and does all applying. fm_hold may be called from any thread: it only queues
+ * a frame under fm->lock, which the feed thread sends.
+ */
+#include "mountd_int.h"
+
+#include "feed_codec.h"
+#include "ssh_client.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <libssh/libssh.h>
+
+#define FEED_SUBSYS       "offload-feed@offload"
+#define FIRST_SNAP_WAIT_S 30 /* mount waits this long for the first snapshot at most */
+#define RX_CHUNK          (256u << 10)
+
+struct fm {
+    struct mountd *m;
+    pthread_t thread;
+    char root[NAME_MAX + 2]; /* "/name": the exported root subscribed to */
+
+    pthread_mutex_t lock; /* protects everything up to 'snap_cond' */
+    pthread_cond_t snap_cond;
+    bool stop;
+    bool first_done; /* the first snapshot was applied, or the feed gave up */
+    struct feed_enc enc;
+    struct buf out; /* frames waiting to be sent */
+    int64_t *held;  /* ids of files whose blocks mountd caches: open addressing, 0 = free */
+    size_t held_cap, held_n;
+
+    /* feed thread only */
+    ssh_session s;
+    ssh_channel ch;
+    struct feed_dec dec;
+    struct buf rx;
+    bool in_batch, in_snap, snap_seen;
+    int64_t stamp;
+    int64_t hfile; /* the file of the last HASHES frame, and its hashes, for DATA checks */
+    uint64_t hfirst;
+    uint32_t hn;
+    uint8_t *hh;
+    uint64_t batches, applied;
+};
+
+/* --- held set and outgoing frames (any thread) --------------------------------------------- */
+
+static bool held_add(struct fm *fm, int64_t id)
+{
+    if ((fm->held_n + 1) * 2 > fm->held_cap) {
+        size_t cap = fm->held_cap ? fm->held_cap * 2 : 256;
+        int64_t *n = calloc(cap, sizeof(*n));
+        if (!n)
+            return false;
+        for (size_t i = 0; i < fm->held_cap; i++)
+            if (fm->held[i]) {
+                size_t j = (uint64_t)fm->held[i] * 0x9E3779B97F4A7C15ull & (cap - 1);
+                while (n[j])
+                    j = (j + 1) & (cap - 1);
+                n[j] = fm->held[i];
+            }
+        free(fm->held);
+        fm->held = n;
+        fm->held_cap = cap;
+    }
+    size_t j = (uint64_t)id * 0x9E3779B97F4A7C15ull & (fm->held_cap - 1);
+    while (fm->held[j]) {
+        if (fm->held[j] == id)
+            return false;
+        j = (j + 1) & (fm->held_cap - 1);
+    }
+    fm->held[j] = id;
+    fm->held_n++;
+    return true;
+}
+
+/* The feed path of row id: its server path without the root. */
+static int feed_path(struct mountd *m, int64_t id, char *out, size_t len)
+{
+    char p[PATH_MAX];
+    int r = md_node_path(m, id, p, sizeof(p));
+    if (r < 0)
+        return r;
+    size_t n = strlen(m->fm->root);
+    if (strncmp(p, m->fm->root, n) != 0 || (p[n] && p[n] != '/'))
+        return -EINVAL;
+    snprintf(out, len, "%s", p[n] ? p + n + 1 : "");
+    return 0;
+}
+
+void fm_hold(struct mountd *m, int64_t id)
+{
+    struct fm *fm = m->fm;
+    char path[PATH_MAX];
+    pthread_mutex_lock(&fm->lock);
+    bool added = held_add(fm, id);
+    pthread_mutex_unlock(&fm->lock);
+    if (!added || feed_path(m, id, path, sizeof(path)) < 0 || !*path)
+        return;
+    pthread_mutex_lock(&fm->lock);
+    feed_put_path(&fm->enc, &fm->out, FEED_HOLD, path);
+    pthread_mutex_unlock(&fm->lock);
+}
+
+/* --- applying ------------------------------------------------------------------------------ */
+
+static int resolve(struct mountd *m, const char *path, struct idx_file *f)
+{
+    char comp[NAME_MAX + 1];
+    int r = idx_get(m->idx, IDX_ROOT_ID, f);
+    const char *p = path;
+    while (r == 0 && *p) {
+        const char *e = strchr(p, '/');
+        size_t n = e ? (size_t)(e - p) : strlen(p);
+        if (n > NAME_MAX)
+            return -ENAMETOOLONG;
+        memcpy(comp, p, n);
+        comp[n] = '\0';
+        r = idx_lookup(m->idx, f->id, comp, f);
+        p += n + (e ? 1 : 0);
+    }
+    return r;
+}
+
+static void split(const char *path, char *dir, size_t len, const char **base)
+{
+    const char *s = strrchr(path, '/');
+    size_t n = s ? (size_t)(s - path) : 0;
+    if (n >= len)
+        n = len - 1;
+    memcpy(dir, path, n);
+    dir[n] = '\0';
+    *base = s ? s + 1 : path;
+}
+
+struct carried {
+    struct idx_block *v;
+    size_t n, cap;
+};
+
+static int collect_cached(void *arg, const struct idx_block *b)
+{
+    struct carried *c = arg;
+    if (!b->cached)
+        return 0;
+    if (c->n == c->cap) {
+        size_t cap = c->cap ? c->cap * 2 : 64;
+        struct idx_block *v = realloc(c->v, cap * sizeof(*v));
+        if (!v)
+            return -ENOMEM;
+        c->v = v;
+        c->cap = cap;
+    }
+    c->v[c->n++] = *b;
+    return 0;
+}
+
+/* Copy the cached blocks of the old version that the new one keeps into the new cache file;
+ * the HASHES frames that follow uncache those that changed. */
+static void carry_over(struct mountd *m, const struct idx_file *f, const struct idx_file *old,
+                       const struct carried *c)
+{
+    uint64_t nb = (f->size + FS_BLOCK_SIZE - 1) / FS_BLOCK_SIZE;
+    int in = fs_cache_open(m->cache_dir, old->id, old->version, old->size);
+    int out = fs_cache_open(m->cache_dir, f->id, f->version, f->size);
+    for (size_t i = 0; in >= 0 && out >= 0 && i < c->n; i++) {
+        const struct idx_block *b = &c->v[i];
+        uint64_t want = b->blkno + 1 < nb ? FS_BLOCK_SIZE : f->size - b->blkno * FS_BLOCK_SIZE;
+        if (b->blkno >= nb || b->len != want)
+            continue;
+        loff_t oi = (loff_t)(b->blkno * FS_BLOCK_SIZE), oo = oi;
+        size_t left = b->len;
+        while (left > 0) {
+            ssize_t k = copy_file_range(in, &oi, out, &oo, left, 0);
+            if (k <= 0)
+                break;
+            left -= (size_t)k;
+        }
+        if (left)
+            continue;
+        struct idx_block nbk = *b;
+        nbk.version = f->version;
+        idx_block_put(m->idx, &nbk);
+    }
+    if (in >= 0)
+        close(in);
+    if (out >= 0)
+        close(out);
+}
+
+static int apply_entry(struct fm *fm, const struct feed_entry *e)
+{
+    struct mountd *m = fm->m;
+    struct idx_file parent, old, f;
+    char dir[PATH_MAX];
+    const char *base;
+    int r;
+
+    memset(&f, 0, sizeof(f));
+    if (*e->path) {
+        split(e->path, dir, sizeof(dir), &base);
+        if ((r = resolve(m, dir, &parent)) < 0)
+            return r == -ENOENT ? -EPROTO : r; /* parents come before children */
+        if (!S_ISDIR(parent.mode))
+            return -EPROTO;
+        f.parent = parent.id;
+        snprintf(f.name, sizeof(f.name), "%s", base);
+        r = idx_lookup(m->idx, parent.id, base, &old);
+    } else {
+        base = "";
+        parent.id = 0;
+        r = idx_get(m->idx, IDX_ROOT_ID, &old);
+    }
+    if (r < 0 && r != -ENOENT)
+        return r;
+    bool known = r == 0;
+    if (known && (old.mode & S_IFMT) != (e->mode & S_IFMT) && *e->path) {
+        if ((r = idx_delete(m->idx, old.id, md_gone_cb, m)) < 0)
+            return r;
+        md_queue_inval_entry(m, (fuse_ino_t)parent.id, base);
+        known = false;
+    }
+    struct carried c = {0};
+    if (known && S_ISREG(old.mode) && !fm->in_snap)
+        idx_blocks(m->idx, old.id, old.version, collect_cached, &c);
+
+    f.mode = e->mode;
+    f.uid = e->uid;
+    f.gid = e->gid;
+    f.nlink = e->nlink;
+    f.size = e->size;
+    f.atime_ns = e->atime_ns;
+    f.mtime_ns = e->mtime_ns;
+    f.ctime_ns = e->ctime_ns;
+    f.dev = e->dev;
+    f.ino = e->ino;
+    f.attr_time_ns = fm->stamp;
+    f.list_time_ns = S_ISDIR(e->mode) ? fm->stamp : 0;
+    int changed = idx_put(m->idx, &f);
+    if (changed < 0) {
+        free(c.v);
+        return changed;
+    }
+    if (S_ISLNK(e->mode))
+        idx_set_link(m->idx, f.id, e->link);
+    if (changed == 1) {
+        if (c.n)
+            carry_over(m, &f, &old, &c);
+        fs_cache_remove(m->cache_dir, old.id, old.version);
+        fm->hfile = 0;
+    }
+    free(c.v);
+    bool meta = !known || changed == 1 || old.mode != f.mode || old.uid != f.uid ||
+                old.gid != f.gid || old.size != f.size || old.mtime_ns != f.mtime_ns ||
+                old.ctime_ns != f.ctime_ns || old.nlink != f.nlink;
+    if (known && meta)
+        md_queue_inval(m, (fuse_ino_t)f.id);
+    if (!known && *e->path && fm->snap_seen)
+        md_queue_inval_entry(m, (fuse_ino_t)parent.id, base); /* a negative dentry */
+    fm->applied++;
+    if (fm->snap_seen && !fm->in_snap && *e->path && (!known || meta)) {
+        struct md_reflection rf = {.path = e->path, .mode = f.mode, .mtime_ns = f.mtime_ns};
+        rf.kind = !known ? MD_RF_CREATE : changed == 1 ? MD_RF_MODIFY : MD_RF_ATTRIB;
+        rf.hide_parent = parent.id;
+        rf.hide_name = base;
+        md_reflect(m, &rf);
+    }
+    return 0;
+}
+
+static int apply_remove(struct fm *fm, const char *path)
+{
+    struct mountd *m = fm->m;
+    struct idx_file f;
+    int r;
+    if (!*path)
+        return -EPROTO;
+    if ((r = resolve(m, path, &f)) < 0)
+        return r == -ENOENT ? 0 : r; /* already gone */
+    if ((r = idx_delete(m->idx, f.id, md_gone_cb, m)) < 0)
+        return r;
+    md_queue_inval_entry(m, (fuse_ino_t)f.parent, f.name);
+    fm->applied++;
+    if (fm->snap_seen && !fm->in_snap) {
+        struct md_reflection rf = {.kind = MD_RF_DELETE, .path = path, .ghost = f};
+        md_reflect(m, &rf);
+    }
+    return 0;
+}
+
+static int apply_rename(struct fm *fm, const char *from, const char *to)
+{
+    struct mountd *m = fm->m;
+    struct idx_file f, dst;
+    char dir[PATH_MAX];
+    const char *base;
+    int r;
+    if (!*from || !*to)
+        return -EPROTO;
+    split(to, dir, sizeof(dir), &base);
+    if ((r = resolve(m, from, &f)) < 0 || (r = resolve(m, dir, &dst)) < 0)
+        return r == -ENOENT ? -EPROTO : r;
+    if ((r = idx_rename(m->idx, f.id, dst.id, base, md_gone_cb, m)) < 0)
+        return r == -ENOENT || r == -EINVAL || r == -ENOTDIR ? -EPROTO : r;
+    md_queue_inval_entry(m, (fuse_ino_t)f.parent, f.name);
+    md_queue_inval_entry(m, (fuse_ino_t)dst.id, base);
+    md_queue_inval(m, (fuse_ino_t)f.id);
+    fm->applied++;
+    if (fm->snap_seen && !fm->in_snap) {
+        struct md_reflection rf = {.kind = MD_RF_RENAME,
+                                   .path = from,
+                                   .path2 = to,
+                                   .hide_parent = dst.id,
+                                   .hide_name = base,
+                                   .ghost = f};
+        md_reflect(m, &rf);
+    }
+    return 0;
+}
+
+static int apply_hashes(struct fm *fm, const struct feed_msg *msg)
+{
+    struct mountd *m = fm->m;
+    struct idx_file f;
+    struct idx_block b;
+    int r;
+    if ((r = resolve(m, msg->u.hashes.path, &f)) < 0 || !S_ISREG(f.mode))
+        return -EPROTO;
+    uint32_t n = msg->u.hashes.n;
+    uint8_t *hh = realloc(fm->hh, (size_t)n * FEED_HASH_LEN + 1);
+    if (!hh)
+        return -ENOMEM;
+    fm->hh = hh;
+    memcpy(hh, msg->u.hashes.hashes, (size_t)n * FEED_HASH_LEN);
+    fm->hfile = f.id;
+    fm->hfirst = msg->u.hashes.first;
+    fm->hn = n;
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t blk = msg->u.hashes.first + i;
+        if (idx_block_get(m->idx, f.id, blk, &b) == 0 && b.cached) {
+            if (memcmp(b.hash, hh + (size_t)i * FEED_HASH_LEN, FEED_HASH_LEN) == 0)
+                continue; /* what we hold is already the new content */
+            idx_block_uncache(m->idx, f.id, blk);
+            fs_cache_punch(m->cache_dir, f.id, f.version, blk * FS_BLOCK_SIZE, FS_BLOCK_SIZE);
+        }
+    }
+    return 0;
+}
+
+static int apply_data(struct fm *fm, const struct feed_msg *msg)
+{
+    struct mountd *m = fm->m;
+    struct idx_file f;
+    int r;
+    if ((r = resolve(m, msg->u.data.path, &f)) < 0 || !S_ISREG(f.mode) || f.id != fm->hfile)
+        return -EPROTO;
+    uint64_t blk = msg->u.data.block;
+    if (blk < fm->hfirst || blk - fm->hfirst >= fm->hn)
+        return -EPROTO;
+    uint64_t nb = (f.size + FS_BLOCK_SIZE - 1) / FS_BLOCK_SIZE;
+    uint64_t want = blk + 1 < nb ? FS_BLOCK_SIZE : f.size - blk * FS_BLOCK_SIZE;
+    if (blk >= nb || msg->u.data.len != want)
+        return -EPROTO;
+    uint8_t digest[FEED_HASH_LEN];
+    fs_cache_hash(msg->u.data.bytes, msg->u.data.len, digest);
+    if (memcmp(digest, fm->hh + (blk - fm->hfirst) * FEED_HASH_LEN, FEED_HASH_LEN) != 0)
+        return -EPROTO; /* bytes that are not the announced block: never stored */
+    int fd = fs_cache_open(m->cache_dir, f.id, f.version, f.size);
+    if (fd < 0)
+        return 0; /* the cache cannot take it (full disk): it is fetched lazily instead */
+    ssize_t w = pwrite(fd, msg->u.data.bytes, msg->u.data.len, (off_t)(blk * FS_BLOCK_SIZE));
+    close(fd);
+    if (w != (ssize_t)msg->u.data.len)
+        return 0;
+    struct idx_block b = {
+        .file = f.id, .blkno = blk, .version = f.version, .len = msg->u.data.len, .cached = true};
+    memcpy(b.hash, digest, FEED_HASH_LEN);
+    idx_block_put(m->idx, &b);
+    FS_STAT_ADD(&m->st, feed_data_blocks, 1);
+    return 0;
+}
+
+struct prune_ctx {
+    struct mountd *m;
+    int64_t stamp;
+};
+
+static int prune_each(void *arg, const struct idx_file *f)
+{
+    struct prune_ctx *p = arg;
+    if (!S_ISDIR(f->mode))
+        return 0;
+    idx_prune_children(p->m->idx, f->id, p->stamp, md_gone_cb, p->m);
+    return idx_children(p->m->idx, f->id, 0, prune_each, p);
+}
+
+/* Queue the invalidation of every name the index knows (the feed broke: long kernel timeouts
+ * may no longer be trusted). */
+static int inval_each(void *arg, const struct idx_file *f)
+{
+    struct mountd *m = arg;
+    md_queue_inval_entry(m, (fuse_ino_t)f->parent, f->name);
+    md_queue_inval(m, (fuse_ino_t)f->id);
+    return S_ISDIR(f->mode) ? idx_children(m->idx, f->id, 0, inval_each, m) : 0;
+}
+
+static int send_out(struct fm *fm)
+{
+    static __thread uint8_t chunk[64 << 10];
+    for (;;) {
+        pthread_mutex_lock(&fm->lock);
+        size_t n = buf_avail(&fm->out);
+        if (n > sizeof(chunk))
+            n = sizeof(chunk);
+        memcpy(chunk, buf_ptr(&fm->out) ? buf_ptr(&fm->out) : chunk, n);
+        buf_consume(&fm->out, n);
+        pthread_mutex_unlock(&fm->lock);
+        if (n == 0)
+            return 0;
+        if (ssh_channel_write(fm->ch, chunk, (uint32_t)n) != (int)n)
+            return -EPIPE;
+    }
+}
+
+static int on_frame(struct fm *fm, const struct feed_msg *msg, uint64_t *ack)
+{
+    struct mountd *m = fm->m;
+    int r = 0;
+    if (!fm->in_batch && msg->type != FEED_BATCH_END && msg->type != FEED_HELLO &&
+        msg->type != FEED_ERROR) {
+        idx_begin(m->idx);
+        fm->in_batch = true;
+        fm->stamp = md_wall_ns();
+    }
+    switch (msg->type) {
+    case FEED_HELLO:
+        if (msg->u.hello.block_size != FS_BLOCK_SIZE)
+            return -EPROTO;
+        return 0;
+    case FEED_SNAP_BEGIN:
+        fm->in_snap = true;
+        return 0;
+    case FEED_ENTRY:
+        return apply_entry(fm, &msg->u.entry);
+    case FEED_SNAP_END:
+        if (!fm->in_snap)
+            return -EPROTO;
+        {
+            struct prune_ctx p = {m, fm->stamp};
+            idx_prune_children(m->idx, IDX_ROOT_ID, fm->stamp, md_gone_cb, m);
+            r = idx_children(m->idx, IDX_ROOT_ID, 0, prune_each, &p);
+        }
+        return r;
+    case FEED_REMOVE:
+        return apply_remove(fm, msg->u.path.path);
+    case FEED_RENAME:
+        return apply_rename(fm, msg->u.rename.from, msg->u.rename.to);
+    case FEED_HASHES:
+        return apply_hashes(fm, msg);
+    case FEED_DATA:
+        return apply_data(fm, msg);
+    case FEED_BATCH_END:
+        if (fm->in_batch && (r = idx_commit(m->idx)) < 0)
+            return r;
+        fm->in_batch = false;
+        fm->batches++;
+        FS_STAT_ADD(&m->st, feed_batches, 1);
+        *ack = msg->u.generation;
+        if (fm->in_snap) {
+            fm->in_snap = false;
+            fm->snap_seen = true;
+            atomic_store(&m->feed_epoch_ns, fm->stamp);
+            atomic_store(&m->feed_live, true);
+            md_log(m, "change feed live for '%s' (%" PRIu64 " entries in the snapshot)", fm->root,
+                   fm->applied);
+            pthread_mutex_lock(&fm->lock);
+            fm->first_done = true;
+            pthread_cond_broadcast(&fm->snap_cond);
+            pthread_mutex_unlock(&fm->lock);
+        }
+        return 0;
+    case FEED_ERROR:
+        md_log(m, "the agent ended the feed: %s", msg->u.error.message);
+        return -ECONNABORTED;
+    default:
+        return -EPROTO;
+    }
+}
+
+static void feed_close(struct fm *fm)
+{
+    if (fm->in_batch) {
+        idx_rollback(fm->m->idx);
+        fm->in_batch = false;
+    }
+    if (fm->ch) {
+        ssh_channel_close(fm->ch);
+        ssh_channel_free(fm->ch);
+        fm->ch = NULL;
+    }
+    if (fm->s) {
+        ssh_disconnect(fm->s);
+        ssh_free(fm->s);
+        fm->s = NULL;
+    }
+    feed_dec_free(&fm->dec);
+    buf_free(&fm->rx);
+    fm->in_snap = false;
+}
+
+/* Connect and subscribe. -EOPNOTSUPP when the server has no feed for this root. */
+static int feed_open(struct fm *fm, char *err, size_t errlen)
+{
+    struct mountd *m = fm->m;
+    int r;
+    if ((r = tun_ssh_connect(&m->o.sftp.ssh, &fm->s, err, errlen)) < 0)
+        return r;
+    if (!(fm->ch = ssh_channel_new(fm->s)) || ssh_channel_open_session(fm->ch) != SSH_OK) {
+        snprintf(err, errlen, "cannot open a channel: %s", ssh_get_error(fm->s));
+        return -EIO;
+    }
+    if (ssh_channel_request_subsystem(fm->ch, FEED_SUBSYS) != SSH_OK) {
+        snprintf(err, errlen, "the server offers no change feed");
+        return -EOPNOTSUPP;
+    }
+    if (feed_dec_init(&fm->dec, FS_BLOCK_SIZE) != 0)
+        return -ENOMEM;
+    buf_init(&fm->rx, FEED_FRAME_MAX * 2 + RX_CHUNK);
+    pthread_mutex_lock(&fm->lock);
+    feed_enc_init(&fm->enc);
+    buf_reset(&fm->out);
+    r = feed_put_hello(&fm->enc, &fm->out, FS_BLOCK_SIZE, fm->root, "offload mountd");
+    /* what we hold: the agent pushes changed blocks of those files */
+    for (size_t i = 0; r == 0 && i < fm->held_cap; i++) {
+        char path[PATH_MAX];
+        int64_t id = fm->held[i];
+        pthread_mutex_unlock(&fm->lock);
+        bool ok = id && feed_path(m, id, path, sizeof(path)) == 0 && *path;
+        pthread_mutex_lock(&fm->lock);
+        if (ok)
+            feed_put_path(&fm->enc, &fm->out, FEED_HOLD, path);
+    }
+    pthread_mutex_unlock(&fm->lock);
+    return r < 0 ? r : send_out(fm);
+}
+
+static int feed_run(struct fm *fm)
+{
+    struct mountd *m = fm->m;
+    for (;;) {
+        pthread_mutex_lock(&fm->lock);
+        bool stop = fm->stop;
+        pthread_mutex_unlock(&fm->lock);
+        if (stop)
+            return 0;
+        uint8_t *where;
+        if (buf_reserve(&fm->rx, RX_CHUNK, &where) != 0)
+            return -ENOBUFS;
+        int n = ssh_channel_read_timeout(fm->ch, where, RX_CHUNK, 0, 200);
+        if (n == SSH_ERROR)
+            return -EPIPE;
+        if (n == 0 && (ssh_channel_is_eof(fm->ch) || !ssh_channel_is_open(fm->ch)))
+            return -EPIPE;
+        buf_commit(&fm->rx, (size_t)n);
+        struct feed_msg msg;
+        int r;
+        uint64_t ack = 0;
+        bool acked = false;
+        while ((r = feed_get(&fm->dec, &fm->rx, &msg)) == 0) {
+            uint64_t a = 0;
+            if ((r = on_frame(fm, &msg, &a)) < 0) {
+                md_log(m, "cannot apply the feed's %s frame: %s; resubscribing",
+                       feed_type_name(msg.type), strerror(-r));
+                return r;
+            }
+            if (msg.type == FEED_BATCH_END) {
+                ack = a;
+                acked = true;
+            }
+        }
+        if (r != -EAGAIN) {
+            md_log(m, "bad frame from the agent (%s); resubscribing", strerror(-r));
+            return r;
+        }
+        if (acked) {
+            pthread_mutex_lock(&fm->lock);
+            feed_put_u64msg(&fm->enc, &fm->out, FEED_ACK, ack);
+            pthread_mutex_unlock(&fm->lock);
+        }
+        if (send_out(fm) < 0)
+            return -EPIPE;
+    }
+}
+
+static void *fm_main(void *arg)
+{
+    struct fm *fm = arg;
+    struct mountd *m = fm->m;
+    char err[1024];
+    int backoff_ms = 200;
+    for (;;) {
+        pthread_mutex_lock(&fm->lock);
+        bool stop = fm->stop;
+        pthread_mutex_unlock(&fm->lock);
+        if (stop)
+            break;
+        int r = feed_open(fm, err, sizeof(err));
+        if (r == -EOPNOTSUPP) {
+            md_log(m, "%s; metadata is cached for the TTL instead", err);
+            feed_close(fm);
+            break;
+        }
+        if (r == 0) {
+            backoff_ms = 200;
+            r = feed_run(fm);
+            snprintf(err, sizeof(err), "%s", strerror(-r));
+        }
+        feed_close(fm);
+        if (atomic_exchange(&m->feed_live, false)) {
+            md_log(m, "change feed lost (%s); caching for the TTL until it is back", err);
+            idx_children(m->idx, IDX_ROOT_ID, 0, inval_each, m);
+        }
+        pthread_mutex_lock(&fm->lock);
+        if (!fm->stop) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += (long)backoff_ms * 1000000;
+            ts.tv_sec += ts.tv_nsec / 1000000000;
+            ts.tv_nsec %= 1000000000;
+            pthread_cond_timedwait(&fm->snap_cond, &fm->lock, &ts);
+        }
+        pthread_mutex_unlock(&fm->lock);
+        backoff_ms = backoff_ms * 2 > 5000 ? 5000 : backoff_ms * 2;
+    }
+    pthread_mutex_lock(&fm->lock);
+    fm->first_done = true;
+    pthread_cond_broadcast(&fm->snap_cond);
+    pthread_mutex_unlock(&fm->lock);
+    return NULL;
+}
+
+int fm_start(struct mountd *m)
+{
+    /* the feed serves exported roots: "/name" */
+    const char *r = m->root;
+    if (r[0] != '/' || !r[1] || strchr(r + 1, '/') || strlen(r) > NAME_MAX + 1)
+        return 0;
+    struct fm *fm = calloc(1, sizeof(*fm));
+    if (!fm)
+        return -ENOMEM;
+    fm->m = m;
+    memcpy(fm->root, r, strlen(r) + 1); /* checked above: it fits */
+    pthread_mutex_init(&fm->lock, NULL);
+    pthread_cond_init(&fm->snap_cond, NULL);
+    buf_init(&fm->out, SIZE_MAX / 2);
+    m->fm = fm;
+    if (pthread_create(&fm->thread, NULL, fm_main, fm) != 0) {
+        m->fm = NULL;
+        free(fm);
+        return -EAGAIN;
+    }
+    /* the first snapshot makes the first walk free of round trips: wait for it, bounded */
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += FIRST_SNAP_WAIT_S;
+    pthread_mutex_lock(&fm->lock);
+    while (!fm->first_done)
+        if (pthread_cond_timedwait(&fm->snap_cond, &fm->lock, &ts) == ETIMEDOUT)
+            break;
+    pthread_mutex_unlock(&fm->lock);
+    return 0;
+}
+
+void fm_stop(struct mountd *m)
+{
+    struct fm *fm = m->fm;
+    if (!fm)
+        return;
+    pthread_mutex_lock(&fm->lock);
+    fm->stop = true;
+    pthread_cond_broadcast(&fm->snap_cond);
+    pthread_mutex_unlock(&fm->lock);
+    pthread_join(fm->thread, NULL);
+    atomic_store(&m->feed_live, false);
+    m->fm = NULL;
+    buf_free(&fm->out);
+    free(fm->held);
+    free(fm->hh);
+    pthread_cond_destroy(&fm->snap_cond);
+    pthread_mutex_destroy(&fm->lock);
+    free(fm);
+}

@@ -1,0 +1,175 @@
+/* mountd_int.h - what mountd.c shares with the other parts of the mount in fsync/ (the feed
+ * client, feed_mount.c). Private to fsync/.
+ *
+ * Lock order: m->of_lock, then of->lock, then m->fm_lock, then the index's own mutex;
+ * m->bg_lock is a leaf.
+ */
+#ifndef OFFLOAD_MOUNTD_INT_H
+#define OFFLOAD_MOUNTD_INT_H
+
+#define FUSE_USE_VERSION 34
+#include <fuse_lowlevel.h>
+#include <limits.h>
+#include <pthread.h>
+#include <sys/types.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "blockcache.h"
+#include "index.h"
+#include "mount.h"
+#include "stats.h"
+
+#define RA_START         4   /* blocks of read-ahead after the second sequential read */
+#define RA_MAX           128 /* at most 8 MiB ahead: the SSH receive window */
+#define BATCH_MAX        8   /* blocks per verified batch (each batch ends with an fstat) */
+#define FETCH_TRIES      3   /* a read retries this often after a stale handle or a change */
+#define OF_BUCKETS       1024
+#define OF_KEEP_MAX      1024 /* files kept loaded between reads when the kernel skips open */
+#define PF_THREADS       8    /* directory listings prefetched in parallel */
+#define PF_DEPTH         3    /* levels below a listing somebody asked for */
+#define PF_QUEUE_MAX     4096
+#define PF_FILE_MAX      (256 * 1024) /* files up to this size are fetched with their siblings */
+#define PF_FILES_PER_DIR 512
+#define PF_DIRS_SEEN     1024
+#define FEED_KERNEL_TTL  3600.0 /* kernel cache time of entries and attributes under a live feed */
+
+enum bstate { B_MISSING = 0, B_CACHED, B_VERIFIED, B_FETCHING };
+
+struct ofile {
+    struct ofile *next; /* hash chain; protected by m->of_lock */
+    int refs;           /* protected by m->of_lock */
+    bool kept;          /* the table holds one of the refs (no-open mode); m->of_lock */
+    uint64_t last_use;  /* m->of_lock */
+    int64_t id;
+
+    pthread_mutex_t lock; /* protects everything below */
+    pthread_cond_t cond;  /* broadcast when blocks change state or the handle opens */
+    bool loaded;          /* state and cache file set up (lazily, at the first read) */
+    struct idx_file want; /* the version to load at the first read */
+    uint64_t version, size;
+    int64_t mtime_ns;
+    int fd;
+    int retired[8]; /* fds of earlier versions, closed with the ofile (readers may hold them) */
+    int n_retired;
+    uint64_t nblocks;
+    uint8_t *state;
+    uint8_t (*hash)[16];
+    bool changed; /* the server copy changed under a fetch: revalidate before serving */
+    int err;      /* last fetch error */
+    struct tun_sftp_handle h;
+    bool have_handle, opening;
+    uint64_t next_seq; /* block after the last read */
+    uint32_t ra;       /* read-ahead window, blocks */
+    uint64_t ra_next;  /* first block read-ahead has not requested yet */
+};
+
+struct mountd {
+    struct fs_mount_opts o;
+    char root[PATH_MAX];
+    char cache_dir[PATH_MAX];
+    idx_t *idx;
+    tun_sftp_t *sftp;
+    struct fs_stats st;
+    fs_stats_server_t *srv;
+    struct fuse_session *se;
+    int64_t ttl_ns;
+    int64_t epoch_ns; /* when this mount started */
+    bool no_opendir;  /* the kernel can skip opendir/releasedir (set once, in init) */
+    double ttl_s;
+    uint64_t budget;
+
+    pthread_mutex_t of_lock;
+    struct ofile *of_hash[OF_BUCKETS]; /* open files by id; protected by of_lock */
+    size_t n_kept;                     /* ofiles kept by the table; of_lock */
+    uint64_t of_tick;                  /* of_lock */
+    bool no_open; /* the kernel can skip open/release: files are found by inode at read */
+
+    pthread_mutex_t bg_lock; /* protects the queues below and stopping */
+    pthread_cond_t bg_cond;
+    struct idx_block *pend; /* block rows waiting for the flusher */
+    size_t n_pend, cap_pend;
+    int64_t *touch; /* files whose blocks were just used (LRU), batched */
+    size_t n_touch, cap_touch;
+    fuse_ino_t *inval; /* inodes whose kernel caches must go */
+    size_t n_inval, cap_inval;
+    struct inval_ent {
+        fuse_ino_t parent;
+        char name[256];
+    } * inval_ent; /* names whose kernel dentries must go */
+    size_t n_inval_ent, cap_inval_ent;
+    bool stopping;
+    /* directory prefetch: listings of subdirectories before anyone asks (protected by
+     * bg_lock; dirs being listed are in 'listing' so a listing is never done twice at once) */
+    struct pf_item {
+        int64_t dir;
+        int depth;
+    } * pf;
+    size_t n_pf, cap_pf;
+    int64_t *pf_files; /* small files to fetch before they are read (FIFO) */
+    size_t pf_head, n_pf_files, cap_pf_files;
+    int64_t pf_dirs_done[PF_DIRS_SEEN]; /* folders whose files were queued, this mount */
+    size_t n_pf_dirs_done;
+    int64_t listing[64];
+    int n_listing;
+    pthread_cond_t list_cond;
+    pthread_t prefetchers[PF_THREADS];
+    struct batch *done_head, *done_tail; /* fetched batches for the writer */
+    pthread_cond_t done_cond;
+    bool writer_stop;
+    pthread_t flusher, invalidator, writer;
+
+    /* the change feed (feed_mount.c) */
+    struct fm *fm;                 /* NULL when the server offers none */
+    atomic_bool feed_live;         /* the index follows the feed: no TTL, long kernel caching */
+    _Atomic int64_t feed_epoch_ns; /* rows confirmed since then are current while live */
+
+    /* reflection of feed changes through the mount (md_reflect) */
+    char mountpoint[PATH_MAX];
+    atomic_bool mounted;
+    _Atomic pid_t rf_tid; /* the thread that reflects (the feed thread) */
+    pthread_mutex_t rf_lock;
+    struct rf_overlay {
+        int64_t parent;
+        char name[256];
+        bool hide;         /* the name does not exist yet for the reflector */
+        struct idx_file f; /* else: the row it still sees there */
+    } rf_ov[2];            /* protected by rf_lock */
+    int rf_n;              /* protected by rf_lock */
+};
+
+enum md_rf_kind { MD_RF_CREATE, MD_RF_DELETE, MD_RF_RENAME, MD_RF_MODIFY, MD_RF_ATTRIB };
+struct md_reflection {
+    enum md_rf_kind kind;
+    const char *path;    /* relative to the mount; RENAME: the old path */
+    const char *path2;   /* RENAME: the new path */
+    uint32_t mode;       /* CREATE, MODIFY: the file's type */
+    int64_t mtime_ns;    /* MODIFY, ATTRIB: the file's modification time */
+    int64_t hide_parent; /* CREATE, RENAME: the new name, hidden from the reflector's lookups */
+    const char *hide_name;
+    struct idx_file ghost; /* DELETE, RENAME: the row as it was at the old name */
+};
+
+/* mountd.c */
+int64_t md_wall_ns(void);
+void md_log(struct mountd *m, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Have the kernel forget the attributes and pages of 'ino' (invalidator thread). */
+void md_queue_inval(struct mountd *m, fuse_ino_t ino);
+/* Have the kernel forget the name 'name' in 'parent' (a dentry, positive or negative). */
+void md_queue_inval_entry(struct mountd *m, fuse_ino_t parent, const char *name);
+/* Replay a change the feed applied through the mount, for inotify watchers (feed thread). */
+void md_reflect(struct mountd *m, const struct md_reflection *rf);
+/* idx_delete's gone(): remove the cache file of a deleted row. */
+void md_gone_cb(void *arg, int64_t id, uint64_t version);
+/* The server path of row id. */
+int md_node_path(struct mountd *m, int64_t id, char *out, size_t len);
+
+/* feed_mount.c: the change feed client (docs/feed.md). fm_start starts its thread when the
+ * server offers the feed for the mounted root; fm_hold tells the agent mountd now caches blocks
+ * of file 'id' (any thread). */
+int fm_start(struct mountd *m);
+void fm_stop(struct mountd *m);
+void fm_hold(struct mountd *m, int64_t id);
+
+#endif
