@@ -74,6 +74,34 @@ assert_eq "w/a/f3.js" "$(readlink "$MNT/link")" "symlink target"
 assert_eq 0 "$(counter meta_fetches)" "metadata round trips while following changes"
 pass "write, append, truncate, atomic save, mkdir -p, mv, rm, rmdir, chmod, symlink converge"
 
+# --- a watcher on the mount sees laptop edits as inotify events (DESIGN invariant 5) -------------
+mkdir -p "$SRC/watched"
+printf 'one\n' >"$SRC/watched/edit.js"
+printf 'gone\n' >"$SRC/watched/gone.js"
+converge "watched folder"
+inotifywait -m -r --format '%e %w%f' "$MNT/watched" >"$T/events" 2>"$T/inotifywait.err" &
+watcher=$!
+t_track $watcher
+for _ in $(seq 50); do grep -q 'Watches established' "$T/inotifywait.err" && break; sleep 0.1; done
+# spaced out as a person edits: changes inside one coalescing window arrive as their net effect
+printf 'two\n' >>"$SRC/watched/edit.js" && sleep 0.3
+printf 'new\n' >"$SRC/watched/new.js" && sleep 0.3
+rm "$SRC/watched/gone.js" && sleep 0.3
+mv "$SRC/watched/new.js" "$SRC/watched/renamed.js" && sleep 0.3
+mkdir "$SRC/watched/sub"
+converge "changes under a watcher"
+sleep 0.5
+kill $watcher
+wait $watcher 2>/dev/null || true
+for want in "MODIFY $MNT/watched/edit.js" "CLOSE_WRITE,CLOSE $MNT/watched/edit.js" \
+	"CREATE $MNT/watched/new.js" "DELETE $MNT/watched/gone.js" "MOVED_FROM $MNT/watched/new.js" \
+	"MOVED_TO $MNT/watched/renamed.js" "CREATE,ISDIR $MNT/watched/sub"; do
+	grep -qxF "$want" "$T/events" || fail "inotify on the mount: no '$want' event; got: $(tr '\n' ';' <"$T/events")"
+done
+touch "$MNT/watched/edit.js" 2>"$T/touch.err" && fail "a write through the mount succeeded (it must stay read-only)"
+grep -q "Read-only file system" "$T/touch.err" || fail "touch on the mount: $(cat "$T/touch.err")"
+pass "inotify watchers on the mount see laptop edits (modify, close_write, create, delete, moves, mkdir)"
+
 # --- a 4 KiB edit of a cached 8 MiB file: one block pushed, the rest kept -------------------------
 cat "$MNT/big.bin" >/dev/null
 sleep 0.5 # the flusher records the blocks, mountd tells the agent it holds the file
