@@ -28,6 +28,19 @@
 #define FIRST_SNAP_WAIT_S 30 /* mount waits this long for the first snapshot at most */
 #define RX_CHUNK          (256u << 10)
 
+/* A file whose content changed in the batch being applied. Its new version starts with no cached
+ * block; the cached blocks of the old version are carried over when the file's HASHES are all in
+ * (at the next frame about another file, or at BATCH_END), minus those the HASHES say changed. So
+ * a reader never sees a carried block that turns out to be stale. */
+struct pending {
+    int64_t id;          /* 0: none */
+    struct idx_file now; /* the new version's row */
+    struct idx_file old; /* the old version's row (its cache file stays until the carry) */
+    struct idx_block *v; /* the old version's cached blocks, by blkno */
+    bool *drop;          /* v[i] changed: not carried */
+    size_t n, cap;
+};
+
 struct fm {
     struct mountd *m;
     pthread_t thread;
@@ -49,7 +62,8 @@ struct fm {
     struct buf rx;
     bool in_batch, in_snap, snap_seen;
     int64_t stamp;
-    int64_t hfile; /* the file of the last HASHES frame, and its hashes, for DATA checks */
+    struct pending pend; /* the file whose content changed last: blocks to carry over */
+    int64_t hfile;       /* the file of the last HASHES frame, and its hashes, for DATA checks */
     uint64_t hfirst;
     uint32_t hn;
     uint8_t *hh;
@@ -146,41 +160,61 @@ static void split(const char *path, char *dir, size_t len, const char **base)
     *base = s ? s + 1 : path;
 }
 
-struct carried {
-    struct idx_block *v;
-    size_t n, cap;
-};
-
 static int collect_cached(void *arg, const struct idx_block *b)
 {
-    struct carried *c = arg;
+    struct pending *p = arg;
     if (!b->cached)
         return 0;
-    if (c->n == c->cap) {
-        size_t cap = c->cap ? c->cap * 2 : 64;
-        struct idx_block *v = realloc(c->v, cap * sizeof(*v));
+    if (p->n == p->cap) {
+        size_t cap = p->cap ? p->cap * 2 : 64;
+        struct idx_block *v = realloc(p->v, cap * sizeof(*v));
         if (!v)
             return -ENOMEM;
-        c->v = v;
-        c->cap = cap;
+        p->v = v;
+        p->cap = cap;
     }
-    c->v[c->n++] = *b;
+    p->v[p->n++] = *b;
     return 0;
 }
 
-/* Copy the cached blocks of the old version that the new one keeps into the new cache file;
- * the HASHES frames that follow uncache those that changed. */
-static void carry_over(struct mountd *m, const struct idx_file *f, const struct idx_file *old,
-                       const struct carried *c)
+static struct idx_block *pending_find(struct pending *p, uint64_t blk, size_t *i)
 {
+    size_t lo = 0, hi = p->n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (p->v[mid].blkno == blk) {
+            *i = mid;
+            return &p->v[mid];
+        }
+        if (p->v[mid].blkno < blk)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return NULL;
+}
+
+/* Copy the old version's cached blocks that the new one keeps into the new cache file and record
+ * them; then the old cache file goes. */
+static void pending_finish(struct fm *fm)
+{
+    struct mountd *m = fm->m;
+    struct pending *p = &fm->pend;
+    if (!p->id)
+        return;
+    const struct idx_file *f = &p->now;
     uint64_t nb = (f->size + FS_BLOCK_SIZE - 1) / FS_BLOCK_SIZE;
-    int in = fs_cache_open(m->cache_dir, old->id, old->version, old->size);
-    int out = fs_cache_open(m->cache_dir, f->id, f->version, f->size);
-    for (size_t i = 0; in >= 0 && out >= 0 && i < c->n; i++) {
-        const struct idx_block *b = &c->v[i];
+    int in = p->n ? fs_cache_open(m->cache_dir, p->old.id, p->old.version, p->old.size) : -1;
+    int out = p->n ? fs_cache_open(m->cache_dir, f->id, f->version, f->size) : -1;
+    for (size_t i = 0; in >= 0 && out >= 0 && i < p->n; i++) {
+        const struct idx_block *b = &p->v[i];
         uint64_t want = b->blkno + 1 < nb ? FS_BLOCK_SIZE : f->size - b->blkno * FS_BLOCK_SIZE;
-        if (b->blkno >= nb || b->len != want)
+        if ((p->drop && p->drop[i]) || b->blkno >= nb || b->len != want)
             continue;
+        struct idx_block cur;
+        if (idx_block_get(m->idx, f->id, b->blkno, &cur) == 0 && cur.cached &&
+            cur.version == f->version)
+            continue; /* pushed (DATA) or fetched meanwhile */
         loff_t oi = (loff_t)(b->blkno * FS_BLOCK_SIZE), oo = oi;
         size_t left = b->len;
         while (left > 0) {
@@ -199,6 +233,10 @@ static void carry_over(struct mountd *m, const struct idx_file *f, const struct 
         close(in);
     if (out >= 0)
         close(out);
+    fs_cache_remove(m->cache_dir, p->old.id, p->old.version);
+    free(p->v);
+    free(p->drop);
+    memset(p, 0, sizeof(*p));
 }
 
 static int apply_entry(struct fm *fm, const struct feed_entry *e)
@@ -233,9 +271,11 @@ static int apply_entry(struct fm *fm, const struct feed_entry *e)
         md_queue_inval_entry(m, (fuse_ino_t)parent.id, base);
         known = false;
     }
-    struct carried c = {0};
-    if (known && S_ISREG(old.mode) && !fm->in_snap)
-        idx_blocks(m->idx, old.id, old.version, collect_cached, &c);
+    pending_finish(fm); /* a frame about another file: the last one's HASHES are all in */
+    struct pending next = {0};
+    if (known && S_ISREG(old.mode) && !fm->in_snap &&
+        idx_blocks(m->idx, old.id, old.version, collect_cached, &next) < 0)
+        next.n = 0;
 
     f.mode = e->mode;
     f.uid = e->uid;
@@ -251,18 +291,23 @@ static int apply_entry(struct fm *fm, const struct feed_entry *e)
     f.list_time_ns = S_ISDIR(e->mode) ? fm->stamp : 0;
     int changed = idx_put(m->idx, &f);
     if (changed < 0) {
-        free(c.v);
+        free(next.v);
         return changed;
     }
     if (S_ISLNK(e->mode))
         idx_set_link(m->idx, f.id, e->link);
-    if (changed == 1) {
-        if (c.n)
-            carry_over(m, &f, &old, &c);
-        fs_cache_remove(m->cache_dir, old.id, old.version);
-        fm->hfile = 0;
+    if (changed == 1 && next.n && (next.drop = calloc(next.n, sizeof(bool)))) {
+        next.id = f.id;
+        next.now = f;
+        next.old = old;
+        fm->pend = next; /* carried over once its HASHES are in */
+    } else {
+        if (changed == 1)
+            fs_cache_remove(m->cache_dir, old.id, old.version);
+        free(next.v);
     }
-    free(c.v);
+    if (changed == 1)
+        fm->hfile = 0;
     bool meta = !known || changed == 1 || old.mode != f.mode || old.uid != f.uid ||
                 old.gid != f.gid || old.size != f.size || old.mtime_ns != f.mtime_ns ||
                 old.ctime_ns != f.ctime_ns || old.nlink != f.nlink;
@@ -288,6 +333,7 @@ static int apply_remove(struct fm *fm, const char *path)
     int r;
     if (!*path)
         return -EPROTO;
+    pending_finish(fm);
     if ((r = resolve(m, path, &f)) < 0)
         return r == -ENOENT ? 0 : r; /* already gone */
     if ((r = idx_delete(m->idx, f.id, md_gone_cb, m)) < 0)
@@ -310,6 +356,7 @@ static int apply_rename(struct fm *fm, const char *from, const char *to)
     int r;
     if (!*from || !*to)
         return -EPROTO;
+    pending_finish(fm);
     split(to, dir, sizeof(dir), &base);
     if ((r = resolve(m, from, &f)) < 0 || (r = resolve(m, dir, &dst)) < 0)
         return r == -ENOENT ? -EPROTO : r;
@@ -348,13 +395,23 @@ static int apply_hashes(struct fm *fm, const struct feed_msg *msg)
     fm->hfile = f.id;
     fm->hfirst = msg->u.hashes.first;
     fm->hn = n;
+    if (fm->pend.id != f.id)
+        pending_finish(fm);
     for (uint32_t i = 0; i < n; i++) {
         uint64_t blk = msg->u.hashes.first + i;
-        if (idx_block_get(m->idx, f.id, blk, &b) == 0 && b.cached) {
-            if (memcmp(b.hash, hh + (size_t)i * FEED_HASH_LEN, FEED_HASH_LEN) == 0)
-                continue; /* what we hold is already the new content */
+        const uint8_t *h = hh + (size_t)i * FEED_HASH_LEN;
+        size_t k;
+        struct idx_block *pb = fm->pend.id == f.id ? pending_find(&fm->pend, blk, &k) : NULL;
+        if (pb) {
+            /* what we hold may already be the new content: keep it then */
+            if (memcmp(pb->hash, h, FEED_HASH_LEN) != 0)
+                fm->pend.drop[k] = true;
+        } else if (idx_block_get(m->idx, f.id, blk, &b) == 0 && b.cached &&
+                   memcmp(b.hash, h, FEED_HASH_LEN) != 0) {
+            /* a block of the current version, fetched after the ENTRY: only uncache it (no
+             * hole is punched under a reader; the next fetch rewrites it) */
             idx_block_uncache(m->idx, f.id, blk);
-            fs_cache_punch(m->cache_dir, f.id, f.version, blk * FS_BLOCK_SIZE, FS_BLOCK_SIZE);
+            md_block_changed(m, f.id, f.version, blk);
         }
     }
     return 0;
@@ -473,6 +530,7 @@ static int on_frame(struct fm *fm, const struct feed_msg *msg, uint64_t *ack)
     case FEED_DATA:
         return apply_data(fm, msg);
     case FEED_BATCH_END:
+        pending_finish(fm);
         if (fm->in_batch && (r = idx_commit(m->idx)) < 0)
             return r;
         fm->in_batch = false;
@@ -502,6 +560,9 @@ static int on_frame(struct fm *fm, const struct feed_msg *msg, uint64_t *ack)
 
 static void feed_close(struct fm *fm)
 {
+    free(fm->pend.v);
+    free(fm->pend.drop);
+    memset(&fm->pend, 0, sizeof(fm->pend));
     if (fm->in_batch) {
         idx_rollback(fm->m->idx);
         fm->in_batch = false;

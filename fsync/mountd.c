@@ -1066,6 +1066,24 @@ static struct ofile *of_get(struct mountd *m, const struct idx_file *f, int *err
     return of;
 }
 
+void md_block_changed(struct mountd *m, int64_t id, uint64_t version, uint64_t blk)
+{
+    pthread_mutex_lock(&m->of_lock);
+    struct ofile *of = m->of_hash[(uint64_t)id % OF_BUCKETS];
+    while (of && of->id != id)
+        of = of->next;
+    if (of)
+        of->refs++;
+    pthread_mutex_unlock(&m->of_lock);
+    if (!of)
+        return;
+    pthread_mutex_lock(&of->lock);
+    if (of->loaded && of->version == version && blk < of->nblocks && of->state[blk] != B_FETCHING)
+        of->state[blk] = B_MISSING;
+    pthread_mutex_unlock(&of->lock);
+    of_put(m, of);
+}
+
 static void of_put(struct mountd *m, struct ofile *of)
 {
     struct ofile **pp;

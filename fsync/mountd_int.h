@@ -160,6 +160,8 @@ void md_queue_inval(struct mountd *m, fuse_ino_t ino);
 void md_queue_inval_entry(struct mountd *m, fuse_ino_t parent, const char *name);
 /* Replay a change the feed applied through the mount, for inotify watchers (feed thread). */
 void md_reflect(struct mountd *m, const struct md_reflection *rf);
+/* Block 'blk' of file 'id' at 'version' is no longer cached: a loaded open file forgets it. */
+void md_block_changed(struct mountd *m, int64_t id, uint64_t version, uint64_t blk);
 /* idx_delete's gone(): remove the cache file of a deleted row. */
 void md_gone_cb(void *arg, int64_t id, uint64_t version);
 /* The server path of row id. */
