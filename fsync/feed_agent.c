@@ -503,9 +503,17 @@ static int stale_child(void *arg, const struct idx_file *f)
     return 0;
 }
 
+/* dir + "/" + name into out (callers check that it fits; an empty result if it does not). */
 static void join(char *out, size_t len, const char *dir, const char *name)
 {
-    snprintf(out, len, "%s%s%s", dir, *dir ? "/" : "", name);
+    size_t a = strlen(dir), b = strlen(name), sep = a ? 1 : 0;
+    if (a + sep + b + 1 > len) {
+        out[0] = '\0';
+        return;
+    }
+    memcpy(out, dir, a);
+    out[a] = '/';
+    memcpy(out + a + sep, name, b + 1);
 }
 
 /* List the directory 'rel' (row 'id') and bring every child up to date; children the index has

@@ -583,7 +583,8 @@ const char *feed_dec_error(const struct feed_dec *d)
 /* Make the stream dead: what (not d->why) goes to d->why, prefixed with the frame it was in. */
 static int fail(struct feed_dec *d, uint8_t type, uint64_t seq, const char *what)
 {
-    snprintf(d->why, sizeof(d->why), "%s frame %" PRIu64 ": %s", feed_type_name(type), seq, what);
+    snprintf(d->why, sizeof(d->why), "%.16s frame %" PRIu64 ": %.127s", feed_type_name(type), seq,
+             what);
     d->err = -EBADMSG;
     return d->err;
 }

@@ -103,7 +103,7 @@ struct feed_dec {
     /* DATA's raw_len limit (FEED_BLOCK_MAX at most); the caller may change it between calls */
     uint32_t block_size;
     int err;        /* 0, or the fatal error that every later call returns */
-    char why[128];  /* what was fatal, for the log; "" while err == 0 */
+    char why[192];  /* what was fatal, for the log; "" while err == 0 */
     uint8_t *arena; /* the strings, hashes and raw bytes of the last frame */
     size_t arena_cap, arena_used;
     uint8_t *block; /* the last lz4 block, decoded */
