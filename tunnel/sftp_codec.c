@@ -111,6 +111,60 @@ int sfc_get_name(struct buf *b, char *name, size_t namelen, struct tun_sftp_attr
     return 0;
 }
 
+int sfc_put_begin(struct buf *b, uint8_t type, uint32_t id, size_t *mark)
+{
+    size_t save = buf_avail(b);
+    int r;
+
+    if ((r = buf_put_u32(b, 0)) != 0 || (r = buf_put_u8(b, type)) != 0 ||
+        (type != SFC_VERSION && (r = buf_put_u32(b, id)) != 0)) {
+        b->len = b->off + save;
+        return r;
+    }
+    *mark = save;
+    return 0;
+}
+
+void sfc_put_end(struct buf *b, size_t mark)
+{
+    buf_poke_u32(b, b->off + mark, (uint32_t)(buf_avail(b) - mark - 4));
+}
+
+void sfc_put_cancel(struct buf *b, size_t mark)
+{
+    b->len = b->off + mark;
+}
+
+int sfc_put_status(struct buf *b, uint32_t id, uint32_t code, const char *msg)
+{
+    size_t mark;
+    int r;
+
+    if ((r = sfc_put_begin(b, SFC_STATUS, id, &mark)) != 0)
+        return r;
+    if ((r = buf_put_u32(b, code)) != 0 || (r = buf_put_cstring(b, msg)) != 0 ||
+        (r = buf_put_cstring(b, "")) != 0) {
+        sfc_put_cancel(b, mark);
+        return r;
+    }
+    sfc_put_end(b, mark);
+    return 0;
+}
+
+int sfc_put_name(struct buf *b, const char *name, const char *longname,
+                 const struct tun_sftp_attr *a)
+{
+    size_t save = buf_avail(b);
+    int r;
+
+    if ((r = buf_put_cstring(b, name)) != 0 || (r = buf_put_cstring(b, longname)) != 0 ||
+        (r = sfc_put_attr(b, a)) != 0) {
+        b->len = b->off + save;
+        return r;
+    }
+    return 0;
+}
+
 int sfc_get_status(struct buf *b, uint32_t *code)
 {
     return buf_get_u32(b, code);

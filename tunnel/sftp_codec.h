@@ -2,7 +2,7 @@
  *
  * Pure functions over struct buf (buf.h): no I/O, no state, any thread. Every get checks what
  * remains before use and, on failure, leaves the buffer as it was. Used by the client
- * (sftp_client.c) and, later, by the export endpoint's server side.
+ * (sftp_client.c) and by the server (sftp_server.c).
  */
 #ifndef OFFLOAD_SFTP_CODEC_H
 #define OFFLOAD_SFTP_CODEC_H
@@ -54,7 +54,13 @@ enum sfc_status {
     SFC_OP_UNSUPPORTED = 8,
 };
 
-#define SFC_FXF_READ 0x00000001u
+/* OPEN pflags */
+#define SFC_FXF_READ   0x00000001u
+#define SFC_FXF_WRITE  0x00000002u
+#define SFC_FXF_APPEND 0x00000004u
+#define SFC_FXF_CREAT  0x00000008u
+#define SFC_FXF_TRUNC  0x00000010u
+#define SFC_FXF_EXCL   0x00000020u
 
 /* attribute flags */
 #define TUN_SFTP_ATTR_SIZE        0x00000001u
@@ -89,6 +95,25 @@ int sfc_get_name(struct buf *b, char *name, size_t namelen, struct tun_sftp_attr
 
 /* A STATUS payload's code (message and language tag are not needed). */
 int sfc_get_status(struct buf *b, uint32_t *code);
+/* Start a packet of 'type' at the end of 'b': a length placeholder, the type and, except for
+ * VERSION, the id. *mark records where it starts as the number of unread bytes before it, which
+ * stays true when a later put compacts the buffer. Returns 0, or -EMSGSIZE / -ENOMEM with 'b'
+ * unchanged. */
+int sfc_put_begin(struct buf *b, uint8_t type, uint32_t id, size_t *mark);
+/* Fill in the length of the packet started at 'mark' with everything put after it. Nothing may be
+ * consumed from 'b' between sfc_put_begin and this call. */
+void sfc_put_end(struct buf *b, size_t mark);
+/* Drop the packet started at 'mark' and everything put after it. */
+void sfc_put_cancel(struct buf *b, size_t mark);
+
+/* A whole STATUS packet: code, message 'msg' and an empty language tag. Returns 0, or -EMSGSIZE /
+ * -ENOMEM with 'b' unchanged. */
+int sfc_put_status(struct buf *b, uint32_t id, uint32_t code, const char *msg);
+/* One entry of a NAME reply: file name, long name ("ls -l" line) and attributes. Returns 0, or
+ * -EMSGSIZE / -ENOMEM with 'b' unchanged. */
+int sfc_put_name(struct buf *b, const char *name, const char *longname,
+                 const struct tun_sftp_attr *a);
+
 /* A status code as a negative errno: 0, -ENODATA (EOF), -ENOENT, -EACCES, -EBADMSG, -EIO,
  * -EOPNOTSUPP; unknown codes are -EIO. */
 int sfc_status_errno(uint32_t code);

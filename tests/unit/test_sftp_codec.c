@@ -850,6 +850,199 @@ START_TEST(test_status_unknown_code_is_eio)
 }
 END_TEST
 
+/* ---- building packets ---- */
+
+START_TEST(test_put_packet_frames_length_type_id)
+{
+    struct buf b, payload;
+    uint8_t type;
+    uint32_t id, v;
+    size_t mark;
+
+    buf_init(&b, PKT_MAX);
+    ck_assert_int_eq(sfc_put_begin(&b, SFC_HANDLE, 0x0a0b0c0du, &mark), 0);
+    ck_assert_uint_eq(mark, 0);
+    ck_assert_int_eq(buf_put_u32(&b, 77), 0);
+    sfc_put_end(&b, mark);
+    ck_assert_uint_eq(buf_avail(&b), 4 + 1 + 4 + 4);
+    ck_assert_uint_eq(b.data[3], 9); /* type, id, u32 */
+    ck_assert_int_eq(sfc_get_packet(&b, PKT_MAX, &type, &id, &payload), 0);
+    ck_assert_uint_eq(type, SFC_HANDLE);
+    ck_assert_uint_eq(id, 0x0a0b0c0du);
+    ck_assert_int_eq(buf_get_u32(&payload, &v), 0);
+    ck_assert_uint_eq(v, 77);
+    ck_assert_uint_eq(buf_avail(&payload), 0);
+    buf_free(&b);
+}
+END_TEST
+
+START_TEST(test_put_version_packet_has_no_id)
+{
+    struct buf b, payload;
+    uint8_t type;
+    uint32_t id = 1, v;
+    size_t mark;
+
+    buf_init(&b, PKT_MAX);
+    ck_assert_int_eq(sfc_put_begin(&b, SFC_VERSION, 12345, &mark), 0);
+    ck_assert_int_eq(buf_put_u32(&b, 3), 0);
+    sfc_put_end(&b, mark);
+    ck_assert_uint_eq(buf_avail(&b), 4 + 1 + 4);
+    ck_assert_int_eq(sfc_get_packet(&b, PKT_MAX, &type, &id, &payload), 0);
+    ck_assert_uint_eq(type, SFC_VERSION);
+    ck_assert_uint_eq(id, 0);
+    ck_assert_int_eq(buf_get_u32(&payload, &v), 0);
+    ck_assert_uint_eq(v, 3);
+    buf_free(&b);
+}
+END_TEST
+
+/* The mark counts unread bytes, so a put that compacts the buffer does not move the packet away
+ * from it. */
+START_TEST(test_put_packet_mark_survives_compaction)
+{
+    static uint8_t big[4096];
+    struct buf b, payload;
+    const uint8_t *p;
+    uint8_t type;
+    uint32_t id, n;
+    size_t mark;
+
+    buf_init(&b, PKT_MAX);
+    ck_assert_int_eq(buf_put(&b, "0123456789", 10), 0);
+    buf_consume(&b, 8); /* "89" stays unread at offset 8 */
+    ck_assert_int_eq(sfc_put_begin(&b, SFC_DATA, 5, &mark), 0);
+    ck_assert_uint_eq(mark, 2);
+    memset(big, 'x', sizeof(big));
+    ck_assert_int_eq(buf_put_string(&b, big, sizeof(big)), 0); /* grows: compacts first */
+    ck_assert_uint_eq(b.off, 0);
+    sfc_put_end(&b, mark);
+    buf_consume(&b, 2);
+    ck_assert_int_eq(sfc_get_packet(&b, PKT_MAX, &type, &id, &payload), 0);
+    ck_assert_uint_eq(type, SFC_DATA);
+    ck_assert_uint_eq(id, 5);
+    ck_assert_int_eq(buf_get_string(&payload, &p, &n), 0);
+    ck_assert_uint_eq(n, sizeof(big));
+    ck_assert_uint_eq(buf_avail(&b), 0);
+    buf_free(&b);
+}
+END_TEST
+
+START_TEST(test_put_cancel_drops_packet)
+{
+    struct buf b;
+    size_t mark;
+
+    buf_init(&b, PKT_MAX);
+    ck_assert_int_eq(buf_put(&b, "keep", 4), 0);
+    ck_assert_int_eq(sfc_put_begin(&b, SFC_NAME, 1, &mark), 0);
+    ck_assert_int_eq(buf_put_u32(&b, 3), 0);
+    sfc_put_cancel(&b, mark);
+    ck_assert_uint_eq(buf_avail(&b), 4);
+    ck_assert_int_eq(memcmp(buf_ptr(&b), "keep", 4), 0);
+    buf_free(&b);
+}
+END_TEST
+
+START_TEST(test_put_begin_over_max_is_emsgsize_and_unchanged)
+{
+    struct buf b;
+    size_t mark = 0xa5;
+
+    for (size_t max = 0; max < 9; max++) {
+        buf_init(&b, max);
+        ck_assert_msg(sfc_put_begin(&b, SFC_STATUS, 1, &mark) == -EMSGSIZE,
+                      "begin in %zu bytes: expected -EMSGSIZE", max);
+        ck_assert_uint_eq(buf_avail(&b), 0);
+        ck_assert_uint_eq(mark, 0xa5);
+        buf_free(&b);
+    }
+}
+END_TEST
+
+START_TEST(test_put_status_roundtrip)
+{
+    struct buf b, payload;
+    uint8_t type;
+    uint32_t id, code;
+    char msg[64], lang[8];
+
+    buf_init(&b, PKT_MAX);
+    ck_assert_int_eq(sfc_put_status(&b, 42, SFC_PERMISSION_DENIED, "read-only file system"), 0);
+    ck_assert_int_eq(sfc_get_packet(&b, PKT_MAX, &type, &id, &payload), 0);
+    ck_assert_uint_eq(type, SFC_STATUS);
+    ck_assert_uint_eq(id, 42);
+    ck_assert_int_eq(sfc_get_status(&payload, &code), 0);
+    ck_assert_uint_eq(code, SFC_PERMISSION_DENIED);
+    ck_assert_int_eq(buf_get_cstring(&payload, msg, sizeof(msg)), 0);
+    ck_assert_str_eq(msg, "read-only file system");
+    ck_assert_int_eq(buf_get_cstring(&payload, lang, sizeof(lang)), 0);
+    ck_assert_str_eq(lang, "");
+    ck_assert_uint_eq(buf_avail(&payload), 0);
+    buf_free(&b);
+}
+END_TEST
+
+START_TEST(test_put_status_over_max_is_emsgsize_and_unchanged)
+{
+    const size_t whole = 4 + 1 + 4 + 4 + 4 + 3 + 4; /* "abc" */
+    struct buf b;
+
+    for (size_t max = 2; max < 2 + whole; max++) {
+        buf_init(&b, max);
+        ck_assert_int_eq(buf_put(&b, "xy", 2), 0);
+        ck_assert_msg(sfc_put_status(&b, 1, SFC_FAILURE, "abc") == -EMSGSIZE,
+                      "status in %zu bytes: expected -EMSGSIZE", max);
+        ck_assert_uint_eq(buf_avail(&b), 2);
+        buf_free(&b);
+    }
+    buf_init(&b, 2 + whole);
+    ck_assert_int_eq(buf_put(&b, "xy", 2), 0);
+    ck_assert_int_eq(sfc_put_status(&b, 1, SFC_FAILURE, "abc"), 0);
+    ck_assert_uint_eq(buf_avail(&b), 2 + whole);
+    buf_free(&b);
+}
+END_TEST
+
+START_TEST(test_put_name_roundtrip)
+{
+    struct tun_sftp_attr got;
+    struct buf b;
+    char name[32];
+
+    buf_init(&b, PKT_MAX);
+    ck_assert_int_eq(
+        sfc_put_name(&b, "file.c", "-rw-r--r-- 1 0 0 5 Jan 1 00:00 file.c", &sample_attr), 0);
+    poison(&got, sizeof(got));
+    ck_assert_int_eq(sfc_get_name(&b, name, sizeof(name), &got), 0);
+    ck_assert_str_eq(name, "file.c");
+    expect_attr_eq(&sample_attr, &got);
+    ck_assert_uint_eq(buf_avail(&b), 0);
+    buf_free(&b);
+}
+END_TEST
+
+START_TEST(test_put_name_over_max_is_emsgsize_and_unchanged)
+{
+    const size_t whole = 1 + 4 + 1 + 4 + 2 + 4 + 8 + 8 + 4 + 8; /* 7, "n", "ln", all flags */
+    struct buf b;
+
+    for (size_t max = 1; max < whole; max++) {
+        buf_init(&b, max);
+        ck_assert_int_eq(buf_put_u8(&b, 7), 0);
+        ck_assert_msg(sfc_put_name(&b, "n", "ln", &sample_attr) == -EMSGSIZE,
+                      "name entry in %zu bytes: expected -EMSGSIZE", max);
+        ck_assert_uint_eq(buf_avail(&b), 1);
+        buf_free(&b);
+    }
+    buf_init(&b, whole);
+    ck_assert_int_eq(buf_put_u8(&b, 7), 0);
+    ck_assert_int_eq(sfc_put_name(&b, "n", "ln", &sample_attr), 0);
+    ck_assert_uint_eq(buf_avail(&b), whole);
+    buf_free(&b);
+}
+END_TEST
+
 static TCase *tcase(Suite *s, const char *name)
 {
     TCase *tc = tcase_create(name);
@@ -907,6 +1100,17 @@ static Suite *sftp_codec_suite(void)
     tcase_add_test(tc, test_status_truncated_fails_unchanged);
     tcase_add_test(tc, test_status_codes_map_to_errno);
     tcase_add_test(tc, test_status_unknown_code_is_eio);
+
+    tc = tcase(s, "put");
+    tcase_add_test(tc, test_put_packet_frames_length_type_id);
+    tcase_add_test(tc, test_put_version_packet_has_no_id);
+    tcase_add_test(tc, test_put_packet_mark_survives_compaction);
+    tcase_add_test(tc, test_put_cancel_drops_packet);
+    tcase_add_test(tc, test_put_begin_over_max_is_emsgsize_and_unchanged);
+    tcase_add_test(tc, test_put_status_roundtrip);
+    tcase_add_test(tc, test_put_status_over_max_is_emsgsize_and_unchanged);
+    tcase_add_test(tc, test_put_name_roundtrip);
+    tcase_add_test(tc, test_put_name_over_max_is_emsgsize_and_unchanged);
     return s;
 }
 
