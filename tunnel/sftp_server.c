@@ -620,11 +620,16 @@ static struct timespec ts_of(uint32_t t)
     return ts;
 }
 
-/* The attributes of a SETSTAT that this server refuses whole, before changing anything. */
-static int attrs_check(const struct tun_sftp_attr *a)
+/* The attributes of a SETSTAT that this server refuses whole, before changing anything. Owner
+ * policy: uid and gid are accepted when they are the file's own (a no-op, as `cp -a` and sshfs
+ * send them), and any real change of owner is refused (-EPERM): a client never gives laptop files
+ * away. 'cur' is the file as it is now (NULL when it cannot be known: then any owner is refused).
+ */
+static int attrs_check(const struct tun_sftp_attr *a, const struct stat *cur)
 {
-    if (a->flags & TUN_SFTP_ATTR_UIDGID)
-        return -EOPNOTSUPP;
+    if ((a->flags & TUN_SFTP_ATTR_UIDGID) &&
+        (!cur || a->uid != (uint32_t)cur->st_uid || a->gid != (uint32_t)cur->st_gid))
+        return -EPERM;
     if ((a->flags & TUN_SFTP_ATTR_SIZE) && a->size > (uint64_t)INT64_MAX)
         return -EFBIG;
     return 0;
@@ -687,7 +692,9 @@ static int setstat_common(struct req *q)
     root = root_of(q->s, v.root);
     if (cf_root_readonly(root))
         return -EROFS;
-    if ((r = attrs_check(&a)) != 0)
+    struct stat cur;
+    bool have = !(a.flags & TUN_SFTP_ATTR_UIDGID) || cf_lstat(root, v.rel, &cur) == 0;
+    if ((r = attrs_check(&a, have && (a.flags & TUN_SFTP_ATTR_UIDGID) ? &cur : NULL)) != 0)
         return r;
     r = apply_path(root, v.rel, &a, &done);
     if (done > 0)
@@ -712,7 +719,9 @@ static int do_fsetstat(struct req *q)
         return -EACCES;
     if (cf_root_readonly(root_of(q->s, h->root)))
         return -EROFS;
-    if ((r = attrs_check(&a)) != 0)
+    struct stat cur;
+    bool have = (a.flags & TUN_SFTP_ATTR_UIDGID) && fstat(handle_fd(h), &cur) == 0;
+    if ((r = attrs_check(&a, have ? &cur : NULL)) != 0)
         return r;
     r = apply_fd(h, &a, &done);
     if (done > 0)

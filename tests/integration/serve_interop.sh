@@ -22,7 +22,7 @@ printf 'a\0b\0binary\0with NULs\n' >"$T/nul.bin"
 snapshot_outside() { (cd "$T/exp" && find proj2 ro -printf '%p %s %m %T@ %C@\n' | sort && sha256sum proj2/secret ro/keep); }
 before=$(snapshot_outside)
 
-"$OFFLOAD_BIN" serve "$EXP" "$RO:ro" --details "$EP" >"$T/serve.out" 2>"$T/serve.err" &
+"$OFFLOAD_BIN" serve "$EXP" "$RO:ro" --details "$EP" -v >"$T/serve.out" 2>"$T/serve.err" &
 t_track $!
 for _ in $(seq 100); do [[ -f $EP/ssh_config ]] && break; sleep 0.1; done
 [[ -f $EP/ssh_config ]] || fail "offload serve wrote no details: $(cat "$T/serve.err")"
@@ -106,6 +106,31 @@ tree_equal "$EXP/tree" "$T/mnt/tree" || fail "tree read through offload mount di
 assert_eq "/etc/passwd" "$(readlink "$T/mnt/abs-out")" "outward symlink shown as a symlink"
 fusermount3 -u "$T/mnt"
 pass "offload mount through the endpoint equals the export"
+
+# --- only the session's client key gets in; a changed host key is refused loudly ----------------
+ssh-keygen -q -t ed25519 -N '' -f "$T/otherkey"
+printf 'ls /\n' >"$T/batch4"
+sed "s#IdentityFile .*#IdentityFile $T/otherkey#" "$EP/ssh_config" >"$T/other_config"
+if sftp -q -F "$T/other_config" -b "$T/batch4" offload-endpoint >"$T/other.out" 2>&1; then
+	fail "a key other than the session's was accepted"
+fi
+grep -q "refusing an unknown key" "$T/serve.err" || fail "wrong key not seen refused: $(cat "$T/other.out")"
+cp "$EP/known_hosts" "$T/old_known_hosts"
+kill "${T_PIDS[0]}"
+wait "${T_PIDS[0]}" 2>/dev/null || true
+[[ ! -e $EP ]] || fail "the details folder outlived serve: $(ls -la "$EP")"
+"$OFFLOAD_BIN" serve "$EXP" --details "$EP" >"$T/serve2.out" 2>"$T/serve2.err" &
+t_track $!
+for _ in $(seq 100); do [[ -f $EP/ssh_config ]] && break; sleep 0.1; done
+port2=$(sed -n 's/^ *Port //p' "$EP/ssh_config")
+sed "s/\]:[0-9]* /]:$port2 /" "$T/old_known_hosts" >"$T/stale_known_hosts"
+sed "s#UserKnownHostsFile .*#UserKnownHostsFile $T/stale_known_hosts#" "$EP/ssh_config" >"$T/stale_config"
+if HOME=$T_HOME "$OFFLOAD_BIN" mount -F "$T/stale_config" offload-endpoint:/proj "$T/mnt" \
+	--cache-dir "$T/cache" >"$T/stale.out" 2>&1; then
+	fail "a mount accepted a changed host key"
+fi
+grep -qi "changed" "$T/stale.out" || fail "changed host key message: $(cat "$T/stale.out")"
+pass "a foreign client key is refused; a changed host key is refused loudly; details removed on exit"
 
 assert_eq "$before" "$(snapshot_outside)" "nothing outside the root read or changed"
 if grep -i -E 'sanitizer|runtime error' "$T/serve.err"; then fail "sanitizer report from serve"; fi

@@ -1380,18 +1380,42 @@ END_TEST
 START_TEST(test_setstat_uidgid_refused_without_change)
 {
     struct tun_sftp_attr a = {.flags = TUN_SFTP_ATTR_UIDGID | TUN_SFTP_ATTR_PERMISSIONS,
-                              .uid = 0,
-                              .gid = 0,
+                              .uid = 4242,
+                              .gid = 4242,
                               .perm = 0600};
     struct hnd h = open_ok("/proj/hello", SFC_FXF_READ | SFC_FXF_WRITE, NULL);
     struct stat st;
 
     run(put_req(SFC_SETSTAT, "sa", "/proj/hello", &a));
-    expect_status(SFC_OP_UNSUPPORTED, "SETSTAT with uid/gid");
+    expect_status(SFC_PERMISSION_DENIED, "SETSTAT giving the file to another owner");
     run(put_req(SFC_FSETSTAT, "ba", h.b, (size_t)h.n, &a));
-    expect_status(SFC_OP_UNSUPPORTED, "FSETSTAT with uid/gid");
+    expect_status(SFC_PERMISSION_DENIED, "FSETSTAT giving the file to another owner");
     lstat_of("proj/hello", &st);
     ck_assert_msg((st.st_mode & 07777) == 0644, "mode changed to 0%o", st.st_mode & 07777);
+    ck_assert_msg(st.st_uid != 4242 && st.st_gid != 4242, "owner changed to %u:%u",
+                  (unsigned)st.st_uid, (unsigned)st.st_gid);
+}
+END_TEST
+
+START_TEST(test_setstat_own_uidgid_accepted_as_noop)
+{
+    struct stat st;
+    lstat_of("proj/hello", &st);
+    struct tun_sftp_attr a = {.flags = TUN_SFTP_ATTR_UIDGID | TUN_SFTP_ATTR_PERMISSIONS,
+                              .uid = (uint32_t)st.st_uid,
+                              .gid = (uint32_t)st.st_gid,
+                              .perm = 0600};
+    struct hnd h = open_ok("/proj/hello", SFC_FXF_READ | SFC_FXF_WRITE, NULL);
+
+    run(put_req(SFC_SETSTAT, "sa", "/proj/hello", &a));
+    expect_status(SFC_OK, "SETSTAT with the file's own uid/gid (cp -a)");
+    lstat_of("proj/hello", &st);
+    ck_assert_msg((st.st_mode & 07777) == 0600, "mode is 0%o, want 0600", st.st_mode & 07777);
+    a.perm = 0640;
+    run(put_req(SFC_FSETSTAT, "ba", h.b, (size_t)h.n, &a));
+    expect_status(SFC_OK, "FSETSTAT with the file's own uid/gid");
+    lstat_of("proj/hello", &st);
+    ck_assert_msg((st.st_mode & 07777) == 0640, "mode is 0%o, want 0640", st.st_mode & 07777);
 }
 END_TEST
 
@@ -2097,6 +2121,7 @@ static Suite *sftp_server_suite(void)
     tcase_add_test(tc, test_stat_lstat_fstat);
     tcase_add_test(tc, test_setstat_applies_size_mode_times);
     tcase_add_test(tc, test_setstat_uidgid_refused_without_change);
+    tcase_add_test(tc, test_setstat_own_uidgid_accepted_as_noop);
     tcase_add_test(tc, test_fsetstat_applies_to_open_file);
     tcase_add_test(tc, test_mkdir_rmdir_remove);
     tcase_add_test(tc, test_rename_refuses_existing_target);
