@@ -19,7 +19,7 @@ ln -s ../proj2/secret "$EXP/rel-out"
 ln -s sub "$EXP/in-link"
 head -c 100000 /dev/urandom >"$T/upload.bin"
 printf 'a\0b\0binary\0with NULs\n' >"$T/nul.bin"
-snapshot_outside() { (cd "$T/exp" && find proj2 ro -printf '%p %s %m %T@ %C@\n' | sort && sha256sum proj2/secret ro/keep); }
+snapshot_outside() { (cd "$T/exp" && find proj2 ro -printf '%p %s %m %T@\n' | sort && sha256sum proj2/secret ro/keep); }
 before=$(snapshot_outside)
 
 "$OFFLOAD_BIN" serve "$EXP" "$RO:ro" --details "$EP" -v >"$T/serve.out" 2>"$T/serve.err" &
@@ -73,6 +73,27 @@ done
 [[ -z $(ls -A "$T/get" | grep '^x') ]] || fail "an outward read wrote a file: $(ls "$T/get")"
 assert_eq "/etc/passwd" "$(readlink "$EXP/abs-out")" "outward symlink untouched"
 pass "outward paths and symlinks refused (.., absolute, sibling prefix, abs and rel links)"
+
+# --- a folder swapped for an outward symlink in a loop while a client hammers it -----------------
+mkdir -p "$T/swapin" "$T/hammer"
+printf 'inside\n' >"$T/swapin/f"
+mkdir -p "$T/exp/out2"
+printf 'secret outside\n' >"$T/exp/out2/f"
+(
+	for _ in $(seq 400); do
+		rm -rf "$EXP/swap.tmp" && cp -r "$T/swapin" "$EXP/swap.tmp" && mv -T "$EXP/swap.tmp" "$EXP/swap" 2>/dev/null
+		ln -sfn "$T/exp/out2" "$EXP/swap.lnk" && mv -T "$EXP/swap.lnk" "$EXP/swap" 2>/dev/null || rm -rf "$EXP/swap"
+	done
+) &
+swapper=$!
+: >"$T/batchswap"
+for i in $(seq 300); do printf -- '-get /proj/swap/f %s/hammer/%d\n' "$T" "$i" >>"$T/batchswap"; done
+"${SFTP[@]}" "$T/batchswap" offload-endpoint >"$T/swap.out" 2>&1 || true
+wait $swapper || true
+got=$(cat "$T"/hammer/* 2>/dev/null | sort | uniq -c | tr '\n' ' ')
+grep -rl secret "$T/hammer" >/dev/null && fail "a read through a swapped-in outward symlink leaked: $got"
+rm -rf "$EXP/swap"
+pass "folder/outward-symlink swap race under 300 gets: nothing from outside ($got)"
 
 # --- the read-only root: every write refused, no trace ------------------------------------------
 for w in "put $T/upload.bin /ro/new" "put $T/upload.bin /ro/keep" "mkdir /ro/d" "rm /ro/keep" \
