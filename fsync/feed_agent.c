@@ -1035,6 +1035,7 @@ static void hash_held(fa_t *fa)
             idx_begin(h.ex->idx);
             hash_file(fa, h.ex, h.path, &f, NULL, NULL);
             idx_commit(h.ex->idx);
+            vlog(fa, "hashed '%s' for a mount that holds it", h.path);
         }
         free(h.path);
     }

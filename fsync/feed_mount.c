@@ -48,6 +48,8 @@ struct fm {
 
     pthread_mutex_t lock; /* protects everything up to 'snap_cond' */
     pthread_cond_t snap_cond;
+    pthread_cond_t pend_cond; /* broadcast when pend_id goes back to 0 */
+    int64_t pend_id;          /* the file whose change is being applied, 0 for none */
     bool stop;
     bool first_done; /* the first snapshot was applied, or the feed gave up */
     struct feed_enc enc;
@@ -237,6 +239,23 @@ static void pending_finish(struct fm *fm)
     free(p->v);
     free(p->drop);
     memset(p, 0, sizeof(*p));
+    pthread_mutex_lock(&fm->lock);
+    fm->pend_id = 0;
+    pthread_cond_broadcast(&fm->pend_cond);
+    pthread_mutex_unlock(&fm->lock);
+}
+
+void fm_wait_file(struct mountd *m, int64_t id)
+{
+    struct fm *fm = m->fm;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += 2;
+    pthread_mutex_lock(&fm->lock);
+    while (fm->pend_id == id && !fm->stop)
+        if (pthread_cond_timedwait(&fm->pend_cond, &fm->lock, &ts) == ETIMEDOUT)
+            break;
+    pthread_mutex_unlock(&fm->lock);
 }
 
 static int apply_entry(struct fm *fm, const struct feed_entry *e)
@@ -301,6 +320,9 @@ static int apply_entry(struct fm *fm, const struct feed_entry *e)
         next.now = f;
         next.old = old;
         fm->pend = next; /* carried over once its HASHES are in */
+        pthread_mutex_lock(&fm->lock);
+        fm->pend_id = f.id;
+        pthread_mutex_unlock(&fm->lock);
     } else {
         if (changed == 1)
             fs_cache_remove(m->cache_dir, old.id, old.version);
@@ -563,6 +585,10 @@ static void feed_close(struct fm *fm)
     free(fm->pend.v);
     free(fm->pend.drop);
     memset(&fm->pend, 0, sizeof(fm->pend));
+    pthread_mutex_lock(&fm->lock);
+    fm->pend_id = 0;
+    pthread_cond_broadcast(&fm->pend_cond);
+    pthread_mutex_unlock(&fm->lock);
     if (fm->in_batch) {
         idx_rollback(fm->m->idx);
         fm->in_batch = false;
@@ -690,7 +716,10 @@ static void *fm_main(void *arg)
             snprintf(err, sizeof(err), "%s", strerror(-r));
         }
         feed_close(fm);
-        if (atomic_exchange(&m->feed_live, false)) {
+        pthread_mutex_lock(&fm->lock);
+        bool stopping = fm->stop;
+        pthread_mutex_unlock(&fm->lock);
+        if (atomic_exchange(&m->feed_live, false) && !stopping) {
             md_log(m, "change feed lost (%s); caching for the TTL until it is back", err);
             idx_children(m->idx, IDX_ROOT_ID, 0, inval_each, m);
         }
@@ -726,6 +755,7 @@ int fm_start(struct mountd *m)
     memcpy(fm->root, r, strlen(r) + 1); /* checked above: it fits */
     pthread_mutex_init(&fm->lock, NULL);
     pthread_cond_init(&fm->snap_cond, NULL);
+    pthread_cond_init(&fm->pend_cond, NULL);
     buf_init(&fm->out, SIZE_MAX / 2);
     m->fm = fm;
     if (pthread_create(&fm->thread, NULL, fm_main, fm) != 0) {
@@ -761,6 +791,7 @@ void fm_stop(struct mountd *m)
     free(fm->held);
     free(fm->hh);
     pthread_cond_destroy(&fm->snap_cond);
+    pthread_cond_destroy(&fm->pend_cond);
     pthread_mutex_destroy(&fm->lock);
     free(fm);
 }

@@ -1723,6 +1723,8 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
     bool missed;
     int fd, r;
 
+    if (m->fm)
+        fm_wait_file(m, (int64_t)ino); /* a change being applied: its blocks are on their way */
     if (of == NULL) {
         /* no-open mode: the file is found by inode, at its current version */
         struct idx_file f;

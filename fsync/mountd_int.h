@@ -173,5 +173,8 @@ int md_node_path(struct mountd *m, int64_t id, char *out, size_t len);
 int fm_start(struct mountd *m);
 void fm_stop(struct mountd *m);
 void fm_hold(struct mountd *m, int64_t id);
+/* Wait (at most 2 s) while the feed is applying a content change of file 'id', so that a reader
+ * gets the carried-over and pushed blocks instead of fetching them. Any thread. */
+void fm_wait_file(struct mountd *m, int64_t id);
 
 #endif

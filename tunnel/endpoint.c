@@ -358,6 +358,9 @@ static void chan_end(struct ep_session *ss, int slot)
     ch->closed = true;
     pthread_cond_broadcast(&ch->space);
     pthread_mutex_unlock(&ch->lock);
+    /* libssh may still deliver the close for a channel freed before the peer closed it: no
+     * callback may reach the memory freed below */
+    ssh_remove_channel_callbacks(ch->channel, &ch->cb);
     if (ssh_channel_is_open(ch->channel))
         ssh_channel_close(ch->channel);
     ssh_channel_free(ch->channel);
@@ -429,8 +432,11 @@ static void *session_main(void *arg)
     for (int i = 0; i < TUN_EP_MAX_CHANNELS; i++)
         if (ss->ch[i])
             chan_end(ss, i);
-    if (ss->ev)
+    if (ss->ev) {
+        ssh_event_remove_fd(ss->ev, ss->wake_fd); /* else its record is never freed */
+        ssh_event_remove_session(ss->ev, ss->s);
         ssh_event_free(ss->ev);
+    }
     ssh_disconnect(ss->s);
     ssh_free(ss->s);
     close(ss->wake_fd);

@@ -104,7 +104,9 @@ pass "inotify watchers on the mount see laptop edits (modify, close_write, creat
 
 # --- a 4 KiB edit of a cached 8 MiB file: one block pushed, the rest kept -------------------------
 cat "$MNT/big.bin" >/dev/null
-sleep 0.5 # the flusher records the blocks, mountd tells the agent it holds the file
+# mountd records the blocks, tells the agent it holds the file, the agent hashes it once
+for _ in $(seq 100); do grep -q "hashed 'big.bin'" "$T/serve.err" && break; sleep 0.1; done
+grep -q "hashed 'big.bin'" "$T/serve.err" || fail "the agent never learnt that the mount holds big.bin"
 fetched=$(counter bytes_fetched) pushed=$(counter feed_data_blocks)
 printf '%4096s' X | dd of="$SRC/big.bin" bs=4096 seek=100 conv=notrunc status=none
 converge "4 KiB edit in a big cached file"
