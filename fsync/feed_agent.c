@@ -312,25 +312,6 @@ static void parent_of(const char *rel, char *out, size_t len)
     out[n] = '\0';
 }
 
-/* The index row of 'rel' ("" is the root). */
-static int resolve(struct fa_export *ex, const char *rel, struct idx_file *f)
-{
-    char comp[NAME_MAX + 1];
-    int r = idx_get(ex->idx, IDX_ROOT_ID, f);
-    const char *p = rel;
-    while (r == 0 && *p) {
-        const char *e = strchr(p, '/');
-        size_t n = e ? (size_t)(e - p) : strlen(p);
-        if (n > NAME_MAX)
-            return -ENAMETOOLONG;
-        memcpy(comp, p, n);
-        comp[n] = '\0';
-        r = idx_lookup(ex->idx, f->id, comp, f);
-        p += n + (e ? 1 : 0);
-    }
-    return r;
-}
-
 static bool held_by_any(fa_t *fa, struct fa_export *ex, const char *rel)
 {
     bool any = false;
@@ -569,8 +550,9 @@ static int sync_path(fa_t *fa, struct fa_export *ex, const char *rel, bool deep,
     bool exists = r == 0;
     if (*rel) {
         parent_of(rel, pdir, sizeof(pdir));
-        if ((r = resolve(ex, pdir, &parent)) == -ENOENT && exists) {
-            if ((r = sync_path(fa, ex, pdir, false, b)) < 0 || (r = resolve(ex, pdir, &parent)) < 0)
+        if ((r = idx_resolve(ex->idx, pdir, &parent)) == -ENOENT && exists) {
+            if ((r = sync_path(fa, ex, pdir, false, b)) < 0 ||
+                (r = idx_resolve(ex->idx, pdir, &parent)) < 0)
                 return r;
         }
         if (r < 0)
@@ -846,11 +828,13 @@ static int do_rename(fa_t *fa, struct fa_export *ex, const char *from, const cha
     struct stat st;
     char pdir[PATH_MAX];
     int r;
-    if (resolve(ex, from, &src) != 0 || cf_lstat(ex->r->root, to, &st) != 0 || src.ino != st.st_ino)
+    if (idx_resolve(ex->idx, from, &src) != 0 || cf_lstat(ex->r->root, to, &st) != 0 ||
+        src.ino != st.st_ino)
         goto fallback;
     parent_of(to, pdir, sizeof(pdir));
-    if (resolve(ex, pdir, &dst_parent) != 0) {
-        if ((r = sync_path(fa, ex, pdir, false, b)) < 0 || resolve(ex, pdir, &dst_parent) != 0)
+    if (idx_resolve(ex->idx, pdir, &dst_parent) != 0) {
+        if ((r = sync_path(fa, ex, pdir, false, b)) < 0 ||
+            idx_resolve(ex->idx, pdir, &dst_parent) != 0)
             goto fallback;
     }
     if (idx_rename(ex->idx, src.id, dst_parent.id, base_of(to), NULL, NULL) != 0)
@@ -1030,7 +1014,7 @@ static void hash_held(fa_t *fa)
             return;
         struct idx_file f;
         size_t n = 0;
-        if (h.ex->started && resolve(h.ex, h.path, &f) == 0 && S_ISREG(f.mode) &&
+        if (h.ex->started && idx_resolve(h.ex->idx, h.path, &f) == 0 && S_ISREG(f.mode) &&
             idx_blocks(h.ex->idx, f.id, f.version, count_block, &n) >= 0 && n == 0 && f.size) {
             idx_begin(h.ex->idx);
             hash_file(fa, h.ex, h.path, &f, NULL, NULL);

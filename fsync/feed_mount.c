@@ -133,24 +133,6 @@ void fm_hold(struct mountd *m, int64_t id)
 
 /* --- applying ------------------------------------------------------------------------------ */
 
-static int resolve(struct mountd *m, const char *path, struct idx_file *f)
-{
-    char comp[NAME_MAX + 1];
-    int r = idx_get(m->idx, IDX_ROOT_ID, f);
-    const char *p = path;
-    while (r == 0 && *p) {
-        const char *e = strchr(p, '/');
-        size_t n = e ? (size_t)(e - p) : strlen(p);
-        if (n > NAME_MAX)
-            return -ENAMETOOLONG;
-        memcpy(comp, p, n);
-        comp[n] = '\0';
-        r = idx_lookup(m->idx, f->id, comp, f);
-        p += n + (e ? 1 : 0);
-    }
-    return r;
-}
-
 static void split(const char *path, char *dir, size_t len, const char **base)
 {
     const char *s = strrchr(path, '/');
@@ -269,7 +251,7 @@ static int apply_entry(struct fm *fm, const struct feed_entry *e)
     memset(&f, 0, sizeof(f));
     if (*e->path) {
         split(e->path, dir, sizeof(dir), &base);
-        if ((r = resolve(m, dir, &parent)) < 0)
+        if ((r = idx_resolve(m->idx, dir, &parent)) < 0)
             return r == -ENOENT ? -EPROTO : r; /* parents come before children */
         if (!S_ISDIR(parent.mode))
             return -EPROTO;
@@ -356,7 +338,7 @@ static int apply_remove(struct fm *fm, const char *path)
     if (!*path)
         return -EPROTO;
     pending_finish(fm);
-    if ((r = resolve(m, path, &f)) < 0)
+    if ((r = idx_resolve(m->idx, path, &f)) < 0)
         return r == -ENOENT ? 0 : r; /* already gone */
     if ((r = idx_delete(m->idx, f.id, md_gone_cb, m)) < 0)
         return r;
@@ -380,7 +362,7 @@ static int apply_rename(struct fm *fm, const char *from, const char *to)
         return -EPROTO;
     pending_finish(fm);
     split(to, dir, sizeof(dir), &base);
-    if ((r = resolve(m, from, &f)) < 0 || (r = resolve(m, dir, &dst)) < 0)
+    if ((r = idx_resolve(m->idx, from, &f)) < 0 || (r = idx_resolve(m->idx, dir, &dst)) < 0)
         return r == -ENOENT ? -EPROTO : r;
     if ((r = idx_rename(m->idx, f.id, dst.id, base, md_gone_cb, m)) < 0)
         return r == -ENOENT || r == -EINVAL || r == -ENOTDIR ? -EPROTO : r;
@@ -406,7 +388,7 @@ static int apply_hashes(struct fm *fm, const struct feed_msg *msg)
     struct idx_file f;
     struct idx_block b;
     int r;
-    if ((r = resolve(m, msg->u.hashes.path, &f)) < 0 || !S_ISREG(f.mode))
+    if ((r = idx_resolve(m->idx, msg->u.hashes.path, &f)) < 0 || !S_ISREG(f.mode))
         return -EPROTO;
     uint32_t n = msg->u.hashes.n;
     uint8_t *hh = realloc(fm->hh, (size_t)n * FEED_HASH_LEN + 1);
@@ -444,7 +426,8 @@ static int apply_data(struct fm *fm, const struct feed_msg *msg)
     struct mountd *m = fm->m;
     struct idx_file f;
     int r;
-    if ((r = resolve(m, msg->u.data.path, &f)) < 0 || !S_ISREG(f.mode) || f.id != fm->hfile)
+    if ((r = idx_resolve(m->idx, msg->u.data.path, &f)) < 0 || !S_ISREG(f.mode) ||
+        f.id != fm->hfile)
         return -EPROTO;
     uint64_t blk = msg->u.data.block;
     if (blk < fm->hfirst || blk - fm->hfirst >= fm->hn)

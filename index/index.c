@@ -1179,6 +1179,25 @@ int idx_delete(idx_t *idx, int64_t id, void (*gone)(void *arg, int64_t id, uint6
     return delete_end(idx, r == 0 ? -ENOENT : r < 0 ? r : 0, mark);
 }
 
+int idx_resolve(idx_t *idx, const char *path, struct idx_file *out)
+{
+    char comp[IDX_NAME_MAX + 1];
+    const char *p = path;
+    int r = idx_get(idx, IDX_ROOT_ID, out);
+
+    while (r == 0 && *p) {
+        const char *e = strchr(p, '/');
+        size_t n = e ? (size_t)(e - p) : strlen(p);
+        if (n > IDX_NAME_MAX)
+            return -ENAMETOOLONG;
+        memcpy(comp, p, n);
+        comp[n] = '\0';
+        r = idx_lookup(idx, out->id, comp, out);
+        p += n + (e ? 1 : 0);
+    }
+    return r;
+}
+
 int idx_rename(idx_t *idx, int64_t id, int64_t parent, const char *name,
                void (*gone)(void *arg, int64_t id, uint64_t version), void *arg)
 {

@@ -87,6 +87,10 @@ int idx_meta_set(idx_t *idx, const char *key, const char *val);
 int idx_get(idx_t *idx, int64_t id, struct idx_file *out);
 int idx_lookup(idx_t *idx, int64_t parent, const char *name, struct idx_file *out);
 
+/* The row of the relative path 'path' (components separated by '/', "" for the root), looked up
+ * one component at a time from the root. -ENOENT if a component is missing, -ENAMETOOLONG for a
+ * component over IDX_NAME_MAX bytes. */
+int idx_resolve(idx_t *idx, const char *path, struct idx_file *out);
 /* Insert or update the row (f->parent, f->name) with the metadata in *f (attr_time_ns and
  * list_time_ns included; list_time_ns of an existing row is kept when f->list_time_ns is 0).
  * The content identity is (type bits of mode, size, mtime_ns, ino). For a new row, f->version is

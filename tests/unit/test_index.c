@@ -978,6 +978,28 @@ START_TEST(test_children_callback_may_call_index)
 }
 END_TEST
 
+/* ---- resolve ---- */
+
+START_TEST(test_resolve_walks_paths_from_the_root)
+{
+    struct idx_file got;
+    int64_t d = put_dir(IDX_ROOT_ID, "d"), sub = put_dir(d, "sub"), f = put_file(sub, "f", 3);
+    char longname[IDX_NAME_MAX + 2];
+
+    ck_assert_int_eq(idx_resolve(idx, "", &got), 0);
+    ck_assert_int_eq(got.id, IDX_ROOT_ID);
+    ck_assert_int_eq(idx_resolve(idx, "d/sub/f", &got), 0);
+    ck_assert_int_eq(got.id, f);
+    ck_assert_int_eq(idx_resolve(idx, "d/sub", &got), 0);
+    ck_assert_int_eq(got.id, sub);
+    ck_assert_int_eq(idx_resolve(idx, "d/missing/f", &got), -ENOENT);
+    ck_assert_int_eq(idx_resolve(idx, "d/sub/f/below-a-file", &got), -ENOENT);
+    memset(longname, 'x', sizeof(longname) - 1);
+    longname[sizeof(longname) - 1] = '\0';
+    ck_assert_int_eq(idx_resolve(idx, longname, &got), -ENAMETOOLONG);
+}
+END_TEST
+
 /* ---- rename ---- */
 
 START_TEST(test_rename_moves_subtree_keeping_ids_and_blocks)
@@ -1689,6 +1711,7 @@ static Suite *index_suite(void)
     tcase_add_test(tc, test_delete_removes_subtree_and_calls_gone);
     tcase_add_test(tc, test_delete_missing_is_enoent);
     tcase_add_test(tc, test_delete_root_refused);
+    tcase_add_test(tc, test_resolve_walks_paths_from_the_root);
     tcase_add_test(tc, test_rename_moves_subtree_keeping_ids_and_blocks);
     tcase_add_test(tc, test_rename_replaces_target_and_calls_gone);
     tcase_add_test(tc, test_rename_refuses_beneath_itself_root_and_bad_names);
