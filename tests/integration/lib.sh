@@ -16,6 +16,7 @@
 #   OFFLOAD_SRC  source tree            (default: two levels above this file)
 #   OFFLOAD_BIN  the offload binary     (default: ./tools/offload, else $OFFLOAD_SRC/build/tools/offload)
 #   GEN_TREE     the fixture generator  (default: ./tools/gen_tree, else $OFFLOAD_SRC/build/tools/gen_tree)
+#   POSIXSUITE, FSX  the POSIX suite and the fsx exerciser (defaults as GEN_TREE)
 #   T_KEEP=1     keep $T after the test (for post-mortems); mounts and daemons still go
 #
 # Every function is safe under `set -euo pipefail`. Functions that check
@@ -37,6 +38,7 @@ _t_default_bin() { # NAME: ./tools/NAME if the cwd is a build dir, else build/to
 }
 : "${OFFLOAD_BIN:=$(_t_default_bin offload)}"
 : "${GEN_TREE:=$(_t_default_bin gen_tree)}"
+: "${POSIXSUITE:=$(_t_default_bin posixsuite)}" "${FSX:=$(_t_default_bin fsx)}"
 export OFFLOAD_SRC OFFLOAD_BIN GEN_TREE
 
 T=""
