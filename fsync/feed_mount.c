@@ -211,7 +211,8 @@ static void pending_finish(struct fm *fm)
             continue;
         struct idx_block nbk = *b;
         nbk.version = f->version;
-        idx_block_put(m->idx, &nbk);
+        if (idx_block_put(m->idx, &nbk) == 0)
+            md_block_cached(m, f->id, f->version, nbk.blkno, nbk.hash);
     }
     if (in >= 0)
         close(in);
@@ -450,7 +451,8 @@ static int apply_data(struct fm *fm, const struct feed_msg *msg)
     struct idx_block b = {
         .file = f.id, .blkno = blk, .version = f.version, .len = msg->u.data.len, .cached = true};
     memcpy(b.hash, digest, FEED_HASH_LEN);
-    idx_block_put(m->idx, &b);
+    if (idx_block_put(m->idx, &b) == 0)
+        md_block_cached(m, f.id, f.version, blk, b.hash);
     FS_STAT_ADD(&m->st, feed_data_blocks, 1);
     return 0;
 }

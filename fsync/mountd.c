@@ -655,7 +655,7 @@ static void ov_set(struct mountd *m, int64_t parent, const char *name, bool hide
 void md_reflect(struct mountd *m, const struct md_reflection *rf)
 {
     char p[PATH_MAX * 2], q[PATH_MAX * 2];
-    if (!atomic_load(&m->mounted))
+    if (!m->reflect || !atomic_load(&m->mounted))
         return;
     atomic_store(&m->rf_tid, gettid());
     snprintf(p, sizeof(p), "%s/%s", m->mountpoint, rf->path);
@@ -1064,6 +1064,28 @@ static struct ofile *of_get(struct mountd *m, const struct idx_file *f, int *err
     if (victim)
         of_put(m, victim); /* the table's reference */
     return of;
+}
+
+void md_block_cached(struct mountd *m, int64_t id, uint64_t version, uint64_t blk,
+                     const uint8_t hash[16])
+{
+    pthread_mutex_lock(&m->of_lock);
+    struct ofile *of = m->of_hash[(uint64_t)id % OF_BUCKETS];
+    while (of && of->id != id)
+        of = of->next;
+    if (of)
+        of->refs++;
+    pthread_mutex_unlock(&m->of_lock);
+    if (!of)
+        return;
+    pthread_mutex_lock(&of->lock);
+    if (of->loaded && of->version == version && blk < of->nblocks && of->state[blk] == B_MISSING) {
+        of->state[blk] = B_CACHED; /* verified against its hash at first use, as any cached block */
+        memcpy(of->hash[blk], hash, 16);
+        pthread_cond_broadcast(&of->cond);
+    }
+    pthread_mutex_unlock(&of->lock);
+    of_put(m, of);
 }
 
 void md_block_changed(struct mountd *m, int64_t id, uint64_t version, uint64_t blk)
@@ -2062,6 +2084,20 @@ static int open_cache(struct mountd *m)
     return idx_meta_set(m->idx, "remote", want);
 }
 
+/* Is 'name' one of the comma-separated options in 'list'? */
+static bool opt_listed(const char *list, const char *name)
+{
+    size_t n = strlen(name);
+    for (const char *p = list; p && *p;) {
+        const char *e = strchr(p, ',');
+        size_t len = e ? (size_t)(e - p) : strlen(p);
+        if (len == n && strncmp(p, name, n) == 0)
+            return true;
+        p = e ? e + 1 : NULL;
+    }
+    return false;
+}
+
 int fs_mount_run(const struct fs_mount_opts *o, int ready_fd)
 {
     struct mountd *m = calloc(1, sizeof(*m));
@@ -2157,9 +2193,13 @@ int fs_mount_run(const struct fs_mount_opts *o, int ready_fd)
         if (*p == ',')
             *p = '_';
     /* under a live feed the mount is read-write at the VFS level so that reflected changes
-     * reach inotify watchers; every write from anyone else is refused with EROFS by mountd */
+     * reach inotify watchers; every write from anyone else is refused with EROFS by mountd.
+     * An explicit -o ro keeps the superblock read-only and turns reflection off: no inotify
+     * events for laptop changes, but no GETATTR per directory after a readdir either (the
+     * kernel invalidates a directory's atime after readdir on a writable superblock only). */
+    m->reflect = atomic_load(&m->feed_live) && !opt_listed(o->fuse_opts, "ro");
     snprintf(mopts, sizeof(mopts), "%s,%s,default_permissions,nosuid,nodev%s%s%s", fsname,
-             atomic_load(&m->feed_live) ? "rw" : "ro", geteuid() == 0 ? ",allow_other" : "",
+             m->reflect ? "rw" : "ro", geteuid() == 0 ? ",allow_other" : "",
              o->fuse_opts && *o->fuse_opts ? "," : "", o->fuse_opts ? o->fuse_opts : "");
     char *argv[] = {"offload", "-o", mopts, o->debug ? "-d" : NULL, NULL};
     struct fuse_args args = FUSE_ARGS_INIT(o->debug ? 4 : 3, argv);

@@ -127,6 +127,7 @@ struct mountd {
 
     /* reflection of feed changes through the mount (md_reflect) */
     char mountpoint[PATH_MAX];
+    bool reflect; /* set once before mounting: replay feed changes (rw superblock) */
     atomic_bool mounted;
     _Atomic pid_t rf_tid; /* the thread that reflects (the feed thread) */
     pthread_mutex_t rf_lock;
@@ -160,6 +161,10 @@ void md_queue_inval(struct mountd *m, fuse_ino_t ino);
 void md_queue_inval_entry(struct mountd *m, fuse_ino_t parent, const char *name);
 /* Replay a change the feed applied through the mount, for inotify watchers (feed thread). */
 void md_reflect(struct mountd *m, const struct md_reflection *rf);
+/* Block 'blk' of file 'id' at 'version' was stored by the feed (carried over or pushed): a loaded
+ * open file that misses it takes it from the cache instead of fetching it. */
+void md_block_cached(struct mountd *m, int64_t id, uint64_t version, uint64_t blk,
+                     const uint8_t hash[16]);
 /* Block 'blk' of file 'id' at 'version' is no longer cached: a loaded open file forgets it. */
 void md_block_changed(struct mountd *m, int64_t id, uint64_t version, uint64_t blk);
 /* idx_delete's gone(): remove the cache file of a deleted row. */
