@@ -5,7 +5,13 @@
  * keeps the request in the in-flight table (owner thread only) until the reply with its id comes.
  *
  * Locks: s->lock protects the queue, the waiters' fields, the stats and the connection state.
- * The owner thread never holds s->lock while it does network I/O.
+ * The owner thread never holds s->lock while it does network I/O, and never while it runs a
+ * completion (done() may queue more requests).
+ *
+ * Request kinds decide what a lost link does to a request (see sftp_client.h): REQ_READ ones are
+ * sent again (path) or fail -ESTALE (handle); REQ_WRITE and REQ_STREAM ones are never sent twice
+ * (-ECONNRESET when cut in flight); REQ_STREAM ones also halt the ordered stream when they fail
+ * without an answer, which cancels the stream requests behind them.
  */
 #include "sftp_client.h"
 
@@ -24,20 +30,30 @@
 
 #include <libssh/libssh.h>
 
-#define PKT_MAX        (256 * 1024 + 1024) /* largest reply accepted: OpenSSH's own limit */
-#define INFLIGHT_SLOTS 1024                /* requests on the wire at once */
-#define RX_WINDOW      (8u << 20)          /* SSH receive window: bytes in flight toward us */
-#define EXT_MAX        16
+#define PKT_MAX           (256 * 1024 + 1024) /* largest reply accepted: OpenSSH's own limit */
+#define INFLIGHT_SLOTS    1024                /* requests on the wire at once */
+#define RX_WINDOW         (8u << 20)          /* SSH receive window: bytes in flight toward us */
+#define EXT_MAX           16
+#define WRITE_MAX_DEFAULT 32768u /* what every server takes when it states no limits */
 
 struct req;
 /* Completion, on the owner thread: err < 0, or 0 with the reply type and payload after the id. */
 typedef void (*req_done_fn)(struct req *r, int err, uint8_t type, struct buf *payload);
 
+enum req_kind {
+    REQ_READ,   /* no side effect: a path request may be sent again */
+    REQ_WRITE,  /* may change the server: never sent twice; a synchronous caller */
+    REQ_STREAM, /* REQ_WRITE on the ordered stream (write_async, op_async) */
+};
+
 struct req {
     struct req *next;
     struct buf pkt; /* the whole packet, length prefix included; id at offset 5 */
     uint32_t id;
-    uint64_t gen;     /* handle's connection; 0 for path requests (resent after a reconnect) */
+    uint8_t kind;     /* enum req_kind */
+    uint64_t gen;     /* handle's connection; 0 for path requests */
+    uint64_t seq;     /* send order on its connection (owner thread) */
+    uint64_t epoch;   /* REQ_STREAM: s->epoch when queued */
     int64_t t_queued; /* ns, monotonic */
     req_done_fn done;
     void *arg;
@@ -48,6 +64,7 @@ struct waiter {
     bool done, abandoned;
     int err;
     uint8_t type;
+    uint64_t gen; /* the connection that answered */
     struct buf reply;
 };
 
@@ -67,7 +84,11 @@ struct tun_sftp {
     int64_t down_since;       /* ns: when the link was lost; protected by lock */
     struct tun_sftp_stats st; /* protected by lock */
     char ext[EXT_MAX][64];    /* announced extensions; protected by lock */
-    int n_ext;
+    int n_ext;                /* protected by lock */
+    unsigned exts;            /* TUN_SFTP_EXT_* of the announced extensions; protected by lock */
+    uint32_t write_max;       /* tun_sftp_write_max(); protected by lock */
+    bool halted;              /* the ordered stream is halted; protected by lock */
+    uint64_t epoch;           /* bumped by tun_sftp_resume; protected by lock */
 
     /* owner thread only */
     ssh_session ssh;
@@ -79,6 +100,7 @@ struct tun_sftp {
     size_t rx_total;    /* bytes received on this connection */
     int64_t busy_since; /* when the in-flight table last went from empty to not empty */
     int64_t last_tx;
+    uint64_t seq; /* requests sent, ever */
 };
 
 static int64_t now_ns(void)
@@ -137,13 +159,22 @@ static int submit(tun_sftp_t *s, struct req *r, req_done_fn done, void *arg)
         pthread_mutex_unlock(&s->lock);
         return -ESHUTDOWN;
     }
+    if (r->kind == REQ_STREAM && s->halted) {
+        pthread_mutex_unlock(&s->lock);
+        return -ECANCELED;
+    }
     if (!s->connected && r->t_queued - s->down_since > (int64_t)s->o.op_timeout_ms * 1000000) {
         /* down for longer than the bound already: fail now rather than make every caller
          * wait the whole bound again (a reader retrying page by page would wait n times) */
         s->st.timeouts++;
+        if (r->kind == REQ_STREAM)
+            s->halted = true; /* the owner cancels what is queued behind */
         pthread_mutex_unlock(&s->lock);
+        if (r->kind == REQ_STREAM)
+            wake(s);
         return -EIO;
     }
+    r->epoch = s->epoch;
     if (s->q_tail)
         s->q_tail->next = r;
     else
@@ -170,6 +201,7 @@ static void sync_done(struct req *r, int err, uint8_t type, struct buf *payload)
     pthread_mutex_lock(&c->s->lock);
     c->w.err = err;
     c->w.type = type;
+    c->w.gen = c->s->gen;
     if (err == 0 && payload && buf_put(&c->w.reply, buf_ptr(payload), buf_avail(payload)) != 0)
         c->w.err = -ENOMEM;
     c->w.done = true;
@@ -182,12 +214,32 @@ static void sync_done(struct req *r, int err, uint8_t type, struct buf *payload)
     }
 }
 
+/* Take r out of the queue if it is still there (not sent, not being completed). s->lock held. */
+static bool withdraw(tun_sftp_t *s, struct req *r)
+{
+    struct req **pp = &s->q_head, *prev = NULL;
+
+    while (*pp && *pp != r) {
+        prev = *pp;
+        pp = &(*pp)->next;
+    }
+    if (*pp == NULL)
+        return false;
+    *pp = r->next;
+    if (s->q_tail == r)
+        s->q_tail = prev;
+    return true;
+}
+
 /* Send r and wait for its reply, bounded by the progress rule. On success the caller owns *out
- * (free with sync_release); its reply type is out->w.type and payload out->w.reply. */
+ * (free with sync_release); its reply type is out->w.type and payload out->w.reply. A request that
+ * times out before it was sent is withdrawn (-EIO); a write-side one that was sent is -ECONNRESET
+ * (its outcome is unknown), a read-side one -EIO. */
 static int call(tun_sftp_t *s, struct req *r, struct sync_ctx **out)
 {
     struct sync_ctx *c = calloc(1, sizeof(*c));
     int64_t limit = (int64_t)s->o.op_timeout_ms * 1000000;
+    uint8_t kind = r->kind; /* r may be freed by the owner once it is queued */
     int err;
 
     if (c == NULL) {
@@ -217,10 +269,17 @@ static int call(tun_sftp_t *s, struct req *r, struct sync_ctx **out)
             break;
         int64_t ref = s->connected && s->last_progress > t0 ? s->last_progress : t0;
         if (now_ns() - ref > limit || s->stopping) {
-            c->w.abandoned = true;
             s->st.timeouts++;
+            if (withdraw(s, r)) {
+                pthread_mutex_unlock(&s->lock);
+                req_free(r);
+                buf_free(&c->w.reply);
+                free(c);
+                return -EIO;
+            }
+            c->w.abandoned = true; /* r is on the wire: its completion frees c and r */
             pthread_mutex_unlock(&s->lock);
-            return -EIO;
+            return kind == REQ_READ ? -EIO : -ECONNRESET;
         }
     }
     pthread_mutex_unlock(&s->lock);
@@ -375,7 +434,7 @@ int tun_sftp_readlink(tun_sftp_t *s, const char *path, char *out, size_t outlen)
     return err ? err : call_name1(s, r, out, outlen);
 }
 
-/* HANDLE reply. */
+/* HANDLE reply; h->gen is the connection that answered. */
 static int call_handle(tun_sftp_t *s, struct req *r, struct tun_sftp_handle *h)
 {
     struct sync_ctx *c = NULL;
@@ -391,6 +450,7 @@ static int call_handle(tun_sftp_t *s, struct req *r, struct tun_sftp_handle *h)
         } else {
             memcpy(h->data, p, n);
             h->len = n;
+            h->gen = c->w.gen;
         }
     } else if (c->w.type == SFC_STATUS) {
         err = parse_status(&c->w.reply) ?: -EIO;
@@ -401,46 +461,27 @@ static int call_handle(tun_sftp_t *s, struct req *r, struct tun_sftp_handle *h)
     return err;
 }
 
-/* The connection generation a handle opened now would carry. Read before the OPEN is sent: if a
- * reconnect happens in between, the handle is marked with the older generation and is simply
- * reported stale at first use, never used on the wrong connection. */
-static uint64_t current_gen(tun_sftp_t *s)
+int tun_sftp_open_flags(tun_sftp_t *s, const char *path, uint32_t pflags,
+                        const struct tun_sftp_attr *create_attrs, struct tun_sftp_handle *h)
 {
-    uint64_t g;
-    pthread_mutex_lock(&s->lock);
-    g = s->gen;
-    pthread_mutex_unlock(&s->lock);
-    return g;
-}
-
-int tun_sftp_open(tun_sftp_t *s, const char *path, struct tun_sftp_handle *h)
-{
+    struct tun_sftp_attr none = {0};
     struct req *r;
     int err;
 
     if ((err = path_req(SFC_OPEN, path, &r)) != 0)
         return err;
-    if (buf_put_u32(&r->pkt, SFC_FXF_READ) != 0 || buf_put_u32(&r->pkt, 0) != 0) {
+    r->kind = pflags == SFC_FXF_READ ? REQ_READ : REQ_WRITE;
+    if (buf_put_u32(&r->pkt, pflags) != 0 ||
+        sfc_put_attr(&r->pkt, create_attrs ? create_attrs : &none) != 0) {
         req_free(r);
-        return -ENOMEM;
+        return -ENAMETOOLONG;
     }
-    for (int tries = 0; tries < 3; tries++) {
-        uint64_t g0 = current_gen(s);
-        struct req *again = NULL;
-        if (tries > 0) {
-            if ((err = path_req(SFC_OPEN, path, &again)) != 0)
-                return err;
-            buf_put_u32(&again->pkt, SFC_FXF_READ);
-            buf_put_u32(&again->pkt, 0);
-            r = again;
-        }
-        err = call_handle(s, r, h);
-        h->gen = current_gen(s);
-        if (err != 0 || h->gen == g0 || g0 == 0)
-            return err;
-        /* reconnected while opening: the handle may belong to the old connection */
-    }
-    return err;
+    return call_handle(s, r, h);
+}
+
+int tun_sftp_open(tun_sftp_t *s, const char *path, struct tun_sftp_handle *h)
+{
+    return tun_sftp_open_flags(s, path, SFC_FXF_READ, NULL, h);
 }
 
 static int open_dir(tun_sftp_t *s, const char *path, struct tun_sftp_handle *h)
@@ -450,7 +491,6 @@ static int open_dir(tun_sftp_t *s, const char *path, struct tun_sftp_handle *h)
 
     if ((err = path_req(SFC_OPENDIR, path, &r)) != 0)
         return err;
-    h->gen = current_gen(s);
     return call_handle(s, r, h);
 }
 
@@ -495,6 +535,183 @@ int tun_sftp_statvfs(tun_sftp_t *s, const char *path, struct statvfs *st)
     }
     sync_release(c);
     return err;
+}
+
+/* ---- write-side requests ---- */
+
+/* The fields a request carries after its type, id and extension name, always in this order. The
+ * target comes before the path: SYMLINK in OpenSSH's order (sftp-client.c do_symlink, and
+ * sftp-server.c process_symlink, which calls symlink(first, second)). */
+#define F_TARGET 0x01u /* string */
+#define F_PATH   0x02u /* string */
+#define F_TO     0x04u /* string */
+#define F_HANDLE 0x08u /* string */
+#define F_ATTR   0x10u /* attrs */
+#define F_MODE   0x20u /* attrs holding only the permissions */
+#define F_DATA   0x40u /* u64 offset, string */
+
+struct op_spec {
+    uint8_t type;     /* SFC_* request type; 0 for no such op */
+    const char *ext;  /* extension name for SFC_EXTENDED */
+    unsigned ext_bit; /* TUN_SFTP_EXT_* the server must have announced */
+    unsigned fields;
+};
+
+static const struct op_spec op_specs[] = {
+    [TUN_SFTP_OP_SETSTAT] = {SFC_SETSTAT, NULL, 0, F_PATH | F_ATTR},
+    [TUN_SFTP_OP_FSETSTAT] = {SFC_FSETSTAT, NULL, 0, F_HANDLE | F_ATTR},
+    [TUN_SFTP_OP_REMOVE] = {SFC_REMOVE, NULL, 0, F_PATH},
+    [TUN_SFTP_OP_MKDIR] = {SFC_MKDIR, NULL, 0, F_PATH | F_MODE},
+    [TUN_SFTP_OP_RMDIR] = {SFC_RMDIR, NULL, 0, F_PATH},
+    [TUN_SFTP_OP_RENAME] = {SFC_EXTENDED, "posix-rename@openssh.com", TUN_SFTP_EXT_POSIX_RENAME,
+                            F_PATH | F_TO},
+    [TUN_SFTP_OP_SYMLINK] = {SFC_SYMLINK, NULL, 0, F_TARGET | F_PATH},
+    [TUN_SFTP_OP_HARDLINK] = {SFC_EXTENDED, "hardlink@openssh.com", TUN_SFTP_EXT_HARDLINK,
+                              F_PATH | F_TO},
+    [TUN_SFTP_OP_FSYNC] = {SFC_EXTENDED, "fsync@openssh.com", TUN_SFTP_EXT_FSYNC, F_HANDLE},
+    [TUN_SFTP_OP_CLOSE] = {SFC_CLOSE, NULL, 0, F_HANDLE},
+    [TUN_SFTP_OP_WRITE] = {SFC_WRITE, NULL, 0, F_HANDLE | F_DATA},
+};
+/* RENAME with RENAME_NOREPLACE: plain SFTP v3 RENAME, which refuses an existing target */
+static const struct op_spec rename_noreplace = {SFC_RENAME, NULL, 0, F_PATH | F_TO};
+
+/* The spec op is encoded with, or NULL (-EINVAL) for a type or rename flags that have none. */
+static const struct op_spec *op_spec_of(const struct tun_sftp_op *op)
+{
+    if ((unsigned)op->type >= sizeof(op_specs) / sizeof(op_specs[0]) ||
+        op_specs[op->type].type == 0)
+        return NULL;
+    if (op->type == TUN_SFTP_OP_RENAME && op->flags != 0)
+        return op->flags == RENAME_NOREPLACE ? &rename_noreplace : NULL;
+    return &op_specs[op->type];
+}
+
+int tun_sftp_op_encode(const struct tun_sftp_op *op, unsigned exts, uint32_t id, struct buf *out)
+{
+    const struct op_spec *sp = op_spec_of(op);
+    struct tun_sftp_attr mode_attr = {.flags = TUN_SFTP_ATTR_PERMISSIONS};
+    size_t mark;
+    int r;
+
+    if (sp == NULL || ((sp->fields & F_TARGET) && op->target == NULL) ||
+        ((sp->fields & F_PATH) && op->path == NULL) || ((sp->fields & F_TO) && op->to == NULL) ||
+        ((sp->fields & F_HANDLE) &&
+         (op->h == NULL || op->h->len == 0 || op->h->len > TUN_SFTP_HANDLE_MAX)) ||
+        ((sp->fields & F_DATA) &&
+         (op->len > TUN_SFTP_WRITE_MAX || (op->data == NULL && op->len > 0))))
+        return -EINVAL;
+    if (sp->ext_bit && !(exts & sp->ext_bit))
+        return -EOPNOTSUPP;
+    mode_attr.perm = op->mode & 07777;
+    if ((r = sfc_put_begin(out, sp->type, id, &mark)) != 0)
+        return r == -EMSGSIZE ? -ENAMETOOLONG : r;
+    if ((sp->ext && (r = buf_put_cstring(out, sp->ext)) != 0) ||
+        ((sp->fields & F_TARGET) && (r = buf_put_cstring(out, op->target)) != 0) ||
+        ((sp->fields & F_PATH) && (r = buf_put_cstring(out, op->path)) != 0) ||
+        ((sp->fields & F_TO) && (r = buf_put_cstring(out, op->to)) != 0) ||
+        ((sp->fields & F_HANDLE) && (r = buf_put_string(out, op->h->data, op->h->len)) != 0) ||
+        ((sp->fields & F_ATTR) && (r = sfc_put_attr(out, &op->attr)) != 0) ||
+        ((sp->fields & F_MODE) && (r = sfc_put_attr(out, &mode_attr)) != 0) ||
+        ((sp->fields & F_DATA) && ((r = buf_put_u64(out, op->off)) != 0 ||
+                                   (r = buf_put_string(out, op->data, op->len)) != 0))) {
+        sfc_put_cancel(out, mark);
+        return r == -EMSGSIZE ? -ENAMETOOLONG : r;
+    }
+    sfc_put_end(out, mark);
+    return 0;
+}
+
+/* A request for op of 'kind', encoded for the current server's extensions. */
+static int op_req(tun_sftp_t *s, const struct tun_sftp_op *op, uint8_t kind, struct req **out)
+{
+    struct req *r = calloc(1, sizeof(*r));
+    unsigned exts;
+    int err;
+
+    if (r == NULL)
+        return -ENOMEM;
+    buf_init(&r->pkt, PKT_MAX);
+    pthread_mutex_lock(&s->lock);
+    exts = s->exts;
+    pthread_mutex_unlock(&s->lock);
+    if ((err = tun_sftp_op_encode(op, exts, 0, &r->pkt)) != 0) {
+        req_free(r);
+        return err;
+    }
+    r->kind = kind;
+    r->gen = (op_spec_of(op)->fields & F_HANDLE) ? op->h->gen : 0;
+    *out = r;
+    return 0;
+}
+
+static int call_op(tun_sftp_t *s, const struct tun_sftp_op *op)
+{
+    struct req *r;
+    int err = op_req(s, op, REQ_WRITE, &r);
+    return err ? err : call_status(s, r);
+}
+
+int tun_sftp_setstat(tun_sftp_t *s, const char *path, const struct tun_sftp_attr *a)
+{
+    struct tun_sftp_op op = {.type = TUN_SFTP_OP_SETSTAT, .path = path, .attr = *a};
+    return call_op(s, &op);
+}
+
+int tun_sftp_fsetstat(tun_sftp_t *s, const struct tun_sftp_handle *h, const struct tun_sftp_attr *a)
+{
+    struct tun_sftp_op op = {.type = TUN_SFTP_OP_FSETSTAT, .h = h, .attr = *a};
+    return call_op(s, &op);
+}
+
+int tun_sftp_remove(tun_sftp_t *s, const char *path)
+{
+    struct tun_sftp_op op = {.type = TUN_SFTP_OP_REMOVE, .path = path};
+    return call_op(s, &op);
+}
+
+int tun_sftp_mkdir(tun_sftp_t *s, const char *path, uint32_t mode)
+{
+    struct tun_sftp_op op = {.type = TUN_SFTP_OP_MKDIR, .path = path, .mode = mode};
+    return call_op(s, &op);
+}
+
+int tun_sftp_rmdir(tun_sftp_t *s, const char *path)
+{
+    struct tun_sftp_op op = {.type = TUN_SFTP_OP_RMDIR, .path = path};
+    return call_op(s, &op);
+}
+
+int tun_sftp_rename(tun_sftp_t *s, const char *from, const char *to, unsigned flags)
+{
+    struct tun_sftp_op op = {.type = TUN_SFTP_OP_RENAME, .path = from, .to = to, .flags = flags};
+    return call_op(s, &op);
+}
+
+int tun_sftp_symlink(tun_sftp_t *s, const char *target, const char *linkpath)
+{
+    struct tun_sftp_op op = {.type = TUN_SFTP_OP_SYMLINK, .path = linkpath, .target = target};
+    return call_op(s, &op);
+}
+
+int tun_sftp_hardlink(tun_sftp_t *s, const char *from, const char *to)
+{
+    struct tun_sftp_op op = {.type = TUN_SFTP_OP_HARDLINK, .path = from, .to = to};
+    return call_op(s, &op);
+}
+
+int tun_sftp_fsync(tun_sftp_t *s, const struct tun_sftp_handle *h)
+{
+    struct tun_sftp_op op = {.type = TUN_SFTP_OP_FSYNC, .h = h};
+    return call_op(s, &op);
+}
+
+uint32_t tun_sftp_write_max(tun_sftp_t *s)
+{
+    uint32_t m;
+    pthread_mutex_lock(&s->lock);
+    m = s->write_max;
+    pthread_mutex_unlock(&s->lock);
+    return m;
 }
 
 /* ---- directory listing: pipelined READDIR ---- */
@@ -719,11 +936,117 @@ int tun_sftp_fstat_async(tun_sftp_t *s, const struct tun_sftp_handle *h, tun_sft
     return err;
 }
 
+/* ---- the ordered write stream ---- */
+
+struct status_ctx {
+    tun_sftp_status_cb done;
+    void *arg;
+};
+
+static void status_done(struct req *r, int err, uint8_t type, struct buf *payload)
+{
+    struct status_ctx *c = r->arg;
+
+    if (err == 0)
+        err = type == SFC_STATUS ? parse_status(payload) : -EIO;
+    c->done(c->arg, err);
+    free(c);
+}
+
+int tun_sftp_op_async(tun_sftp_t *s, const struct tun_sftp_op *op, tun_sftp_status_cb done,
+                      void *arg)
+{
+    struct status_ctx *c;
+    struct req *r;
+    int err;
+
+    if (op->type == TUN_SFTP_OP_WRITE && op->len > tun_sftp_write_max(s))
+        return -EINVAL;
+    if ((err = op_req(s, op, REQ_STREAM, &r)) != 0)
+        return err;
+    if ((c = malloc(sizeof(*c))) == NULL) {
+        req_free(r);
+        return -ENOMEM;
+    }
+    c->done = done;
+    c->arg = arg;
+    if ((err = submit(s, r, status_done, c)) != 0) {
+        free(c);
+        req_free(r);
+    }
+    return err;
+}
+
+int tun_sftp_write_async(tun_sftp_t *s, const struct tun_sftp_handle *h, uint64_t off,
+                         const void *data, uint32_t len, tun_sftp_status_cb done, void *arg)
+{
+    struct tun_sftp_op op = {
+        .type = TUN_SFTP_OP_WRITE, .h = h, .off = off, .data = data, .len = len};
+    return tun_sftp_op_async(s, &op, done, arg);
+}
+
+void tun_sftp_resume(tun_sftp_t *s)
+{
+    pthread_mutex_lock(&s->lock);
+    s->halted = false;
+    s->epoch++;
+    pthread_mutex_unlock(&s->lock);
+    wake(s);
+}
+
 /* ---- owner thread ---- */
+
+/* Complete every request of a list (linked by next) in order with err, and free it. */
+static void complete_all(struct req *list, int err)
+{
+    while (list) {
+        struct req *r = list;
+        list = r->next;
+        r->done(r, err, 0, NULL);
+        req_free(r);
+    }
+}
+
+/* While the stream is halted, fail every queued stream request with -ECANCELED, in queue order. */
+static void cancel_stream(tun_sftp_t *s)
+{
+    struct req *out = NULL, **tail = &out, **pp;
+
+    pthread_mutex_lock(&s->lock);
+    if (!s->halted) {
+        pthread_mutex_unlock(&s->lock);
+        return;
+    }
+    pp = &s->q_head;
+    s->q_tail = NULL;
+    while (*pp) {
+        struct req *r = *pp;
+        if (r->kind == REQ_STREAM) {
+            *pp = r->next;
+            r->next = NULL;
+            *tail = r;
+            tail = &r->next;
+        } else {
+            s->q_tail = r;
+            pp = &r->next;
+        }
+    }
+    pthread_mutex_unlock(&s->lock);
+    complete_all(out, -ECANCELED);
+}
+
+static int by_seq(const void *a, const void *b)
+{
+    const struct req *x = *(struct req *const *)a, *y = *(struct req *const *)b;
+    return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
 
 static void drop_connection(tun_sftp_t *s, const char *why)
 {
     struct req *retry = NULL, **tail = &retry;
+    struct req *cut[INFLIGHT_SLOTS];
+    size_t n_cut = 0;
+    bool halt = false;
 
     if (s->ssh == NULL)
         return;
@@ -743,13 +1066,17 @@ static void drop_connection(tun_sftp_t *s, const char *why)
     s->down_since = now_ns();
     pthread_mutex_unlock(&s->lock);
 
-    /* path requests go back to the front of the queue; handle requests are stale */
+    /* read-side path requests go back to the front of the queue, read-side handle requests are
+     * stale; write-side ones were cut with an unknown outcome */
     for (int i = 0; i < INFLIGHT_SLOTS; i++) {
         struct req *r = s->inflight[i];
         if (r == NULL)
             continue;
         s->inflight[i] = NULL;
-        if (r->gen == 0) {
+        if (r->kind != REQ_READ) {
+            cut[n_cut++] = r;
+            halt |= r->kind == REQ_STREAM;
+        } else if (r->gen == 0) {
             r->next = NULL;
             *tail = r;
             tail = &r->next;
@@ -759,6 +1086,17 @@ static void drop_connection(tun_sftp_t *s, const char *why)
         }
     }
     s->n_inflight = 0;
+    if (halt) {
+        /* halted before any completion runs, so a callback sees the state it is told about */
+        pthread_mutex_lock(&s->lock);
+        s->halted = true;
+        pthread_mutex_unlock(&s->lock);
+    }
+    qsort(cut, n_cut, sizeof(cut[0]), by_seq);
+    for (size_t i = 0; i < n_cut; i++) {
+        cut[i]->done(cut[i], -ECONNRESET, 0, NULL);
+        req_free(cut[i]);
+    }
     if (retry) {
         struct req *last = retry;
         while (last->next)
@@ -770,6 +1108,7 @@ static void drop_connection(tun_sftp_t *s, const char *why)
             s->q_tail = last;
         pthread_mutex_unlock(&s->lock);
     }
+    cancel_stream(s);
 }
 
 /* Read exactly one packet with a blocking timeout (handshake only). */
@@ -794,6 +1133,34 @@ static int read_packet_blocking(tun_sftp_t *s, uint8_t *type, struct buf *out, i
         if (buf_put(&s->rx, tmp, (size_t)n) != 0)
             return -EBADMSG;
     }
+}
+
+/* Ask limits@openssh.com for the largest WRITE (handshake only, before any other request). A
+ * reply other than the limits leaves *write_max as it is; a lost channel is an error. */
+static int query_write_max(tun_sftp_t *s, struct buf *b, uint32_t *write_max)
+{
+    uint64_t v[4];
+    uint8_t type;
+    size_t mark;
+    int r;
+
+    buf_reset(b);
+    if ((r = sfc_put_begin(b, SFC_EXTENDED, 0, &mark)) != 0 ||
+        (r = buf_put_cstring(b, "limits@openssh.com")) != 0)
+        return r;
+    sfc_put_end(b, mark);
+    if (ssh_channel_write(s->chan, buf_ptr(b), (uint32_t)buf_avail(b)) != (int)buf_avail(b))
+        return -EIO;
+    if ((r = read_packet_blocking(s, &type, b, s->o.ssh.connect_timeout_s * 1000)) != 0)
+        return r;
+    if (type != SFC_EXTENDED_REPLY)
+        return 0;
+    for (int i = 0; i < 4; i++)
+        if (buf_get_u64(b, &v[i]) != 0)
+            return 0;
+    /* packet, read, write, open handles; 0 means no limit */
+    *write_max = v[2] == 0 || v[2] > TUN_SFTP_WRITE_MAX ? TUN_SFTP_WRITE_MAX : (uint32_t)v[2];
+    return 0;
 }
 
 static int establish(tun_sftp_t *s, char *err, size_t errlen)
@@ -832,8 +1199,16 @@ static int establish(tun_sftp_t *s, char *err, size_t errlen)
         r = -EPROTO;
         goto fail;
     }
+    static const struct {
+        const char *name;
+        unsigned bit;
+    } known[] = {{"posix-rename@openssh.com", TUN_SFTP_EXT_POSIX_RENAME},
+                 {"hardlink@openssh.com", TUN_SFTP_EXT_HARDLINK},
+                 {"fsync@openssh.com", TUN_SFTP_EXT_FSYNC}};
+    bool has_limits = false;
     pthread_mutex_lock(&s->lock);
     s->n_ext = 0;
+    s->exts = 0;
     while (buf_avail(&b) > 0 && s->n_ext < EXT_MAX) {
         const uint8_t *p, *q;
         uint32_t n, m;
@@ -842,9 +1217,22 @@ static int establish(tun_sftp_t *s, char *err, size_t errlen)
         if (n < sizeof(s->ext[0])) {
             memcpy(s->ext[s->n_ext], p, n);
             s->ext[s->n_ext][n] = '\0';
+            for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
+                if (strcmp(s->ext[s->n_ext], known[i].name) == 0)
+                    s->exts |= known[i].bit;
+            has_limits |= strcmp(s->ext[s->n_ext], "limits@openssh.com") == 0;
             s->n_ext++;
         }
     }
+    pthread_mutex_unlock(&s->lock);
+    uint32_t write_max = WRITE_MAX_DEFAULT;
+    if (has_limits && (r = query_write_max(s, &b, &write_max)) != 0) {
+        buf_free(&b);
+        snprintf(err, errlen, "sftp handshake with '%s' failed (limits@openssh.com)", s->dest);
+        goto fail;
+    }
+    pthread_mutex_lock(&s->lock);
+    s->write_max = write_max;
     pthread_mutex_unlock(&s->lock);
     buf_free(&b);
     return 0;
@@ -934,27 +1322,43 @@ static int flush_queue(tun_sftp_t *s)
 {
     for (;;) {
         struct req *r;
-        uint64_t gen;
+        int fail = 0;
 
         if (s->n_inflight >= INFLIGHT_SLOTS - 1)
             return 0;
+        /* Send only what the server's window takes: a write that waits for window would stop
+         * us reading replies, and a server blocked on sending them stops reading requests. With
+         * nothing in flight there is no reply to wait for, and a write may wait. */
+        uint32_t window = ssh_channel_window_size(s->chan);
         pthread_mutex_lock(&s->lock);
         r = s->q_head;
+        if (r && s->n_inflight > 0 && window < buf_avail(&r->pkt))
+            r = NULL;
         if (r) {
             s->q_head = r->next;
             if (s->q_head == NULL)
                 s->q_tail = NULL;
+            if (r->kind == REQ_STREAM && (s->halted || r->epoch != s->epoch)) {
+                fail = -ECANCELED;
+            } else if (r->gen != 0 && r->gen != s->gen) {
+                fail = -ESTALE;
+                if (r->kind == REQ_STREAM)
+                    s->halted = true;
+            }
         }
-        gen = s->gen;
         pthread_mutex_unlock(&s->lock);
         if (r == NULL)
             return 0;
         r->next = NULL;
-        if (r->gen != 0 && r->gen != gen) {
-            r->done(r, -ESTALE, 0, NULL);
+        if (fail) {
+            bool stream = r->kind == REQ_STREAM;
+            r->done(r, fail, 0, NULL);
             req_free(r);
+            if (stream)
+                cancel_stream(s);
             continue;
         }
+        r->seq = ++s->seq;
         do {
             s->next_id++;
         } while (s->inflight[s->next_id % INFLIGHT_SLOTS] != NULL);
@@ -978,7 +1382,8 @@ static int flush_queue(tun_sftp_t *s)
 static void expire_queued(tun_sftp_t *s)
 {
     int64_t limit = (int64_t)s->o.op_timeout_ms * 1000000, now = now_ns();
-    struct req *expired = NULL, **pp;
+    struct req *expired = NULL, **tail = &expired, **pp;
+    bool halt = false;
 
     pthread_mutex_lock(&s->lock);
     pp = &s->q_head;
@@ -987,21 +1392,21 @@ static void expire_queued(tun_sftp_t *s)
         struct req *r = *pp;
         if (!s->connected && now - r->t_queued > limit) {
             *pp = r->next;
-            r->next = expired;
-            expired = r;
+            r->next = NULL;
+            *tail = r;
+            tail = &r->next;
             s->st.timeouts++;
+            halt |= r->kind == REQ_STREAM;
         } else {
             s->q_tail = r;
             pp = &r->next;
         }
     }
+    if (halt)
+        s->halted = true;
     pthread_mutex_unlock(&s->lock);
-    while (expired) {
-        struct req *r = expired;
-        expired = r->next;
-        r->done(r, -EIO, 0, NULL);
-        req_free(r);
-    }
+    complete_all(expired, -EIO);
+    cancel_stream(s);
 }
 
 static void keepalive_done(void *arg, int err, const uint8_t *d, uint32_t n)
@@ -1022,6 +1427,7 @@ static void *owner_main(void *arg)
         pthread_mutex_unlock(&s->lock);
         if (stopping)
             break;
+        cancel_stream(s); /* a halt set by a caller (submit) */
 
         if (s->ssh == NULL) {
             expire_queued(s);
