@@ -4,8 +4,14 @@
  * calling back into the caller (iterators, gone(), evicted()), so callbacks may call the index.
  * A write that takes more than one statement runs as one unit: its own transaction when no batch
  * is open, a savepoint inside a batch (op_begin/op_end). In-memory state derived from the
- * database (the cached-bytes total) is updated as the statements run and recomputed from the
- * database whenever a unit or a batch is rolled back.
+ * database (the cached- and dirty-bytes totals) is updated as the statements run and recomputed
+ * from the database whenever a unit or a batch is rolled back.
+ *
+ * Dirty stamps: blocks.dirty is 0 for a clean block, else the stamp of its last dirty put, which is
+ * one more than the highest journal seq idx_journal_scan had handed out then (idx->jsealed). A row
+ * with seq >= stamp was handed out after that write, so its send read the written bytes; rows at or
+ * below jsealed are never extended (journal_merge), so the row covering a write always has a seq
+ * >= the stamp and its acknowledgement cleans the block.
  */
 #include "index.h"
 
@@ -26,6 +32,7 @@
 #define PAGE_ROWS           64   /* rows the iterators copy out per hold of the lock */
 #define TARGET_MAX          4095 /* longest symlink target, in bytes (PATH_MAX - 1) */
 #define PINS_MIN            16   /* first size of the pin table (a power of two) */
+#define JOURNAL_PAGE_ROWS   16   /* journal rows copied out per hold of the lock (8 KiB each) */
 #define META_SCHEMA_VERSION "schema_version"
 #define META_NEXT_VERSION   "next_version"
 
@@ -62,13 +69,34 @@ static const char *const migrations[] = {
     " PRIMARY KEY (file, blkno));"
     "CREATE INDEX blocks_lru ON blocks (cached, last_used);"
     "INSERT INTO meta (key, value) VALUES ('" META_NEXT_VERSION "', '1');",
+
+    "ALTER TABLE blocks ADD COLUMN dirty INTEGER NOT NULL DEFAULT 0;"
+    "CREATE INDEX blocks_dirty ON blocks (file, blkno) WHERE dirty != 0;"
+    "CREATE TABLE journal ("
+    " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " kind INTEGER NOT NULL,"
+    " file INTEGER NOT NULL,"
+    " path TEXT NOT NULL,"
+    " path2 TEXT NOT NULL,"
+    " mode INTEGER NOT NULL,"
+    " flags INTEGER NOT NULL,"
+    " valid INTEGER NOT NULL,"
+    " size INTEGER NOT NULL,"
+    " atime_ns INTEGER NOT NULL,"
+    " mtime_ns INTEGER NOT NULL,"
+    " off INTEGER NOT NULL,"
+    " len INTEGER NOT NULL);"
+    "CREATE INDEX journal_file ON journal (file);",
 };
 _Static_assert(ARRAY_SIZE(migrations) == IDX_SCHEMA_VERSION, "one migration per schema version");
 
 #define FILE_COLS                                                                                  \
     "id, parent, name, dev, ino, mode, uid, gid, nlink, size, atime_ns, mtime_ns, ctime_ns, "      \
     "version, attr_time_ns, list_time_ns"
-#define BLOCK_COLS "file, blkno, version, len, hash, cached"
+#define BLOCK_COLS "file, blkno, version, len, hash, cached, dirty"
+#define JOURNAL_COLS                                                                               \
+    "seq, kind, file, path, path2, mode, flags, valid, size, atime_ns, mtime_ns, off, len"
+#define JOURNAL_LAST_SEQ "(SELECT seq FROM sqlite_sequence WHERE name = 'journal')"
 #define SUBTREE(seed)                                                                              \
     "WITH RECURSIVE sub (id) AS (" seed " UNION SELECT f.id FROM files f JOIN sub ON f.parent = "  \
     "sub.id) SELECT files.id, files.version FROM files JOIN sub ON files.id = sub.id"
@@ -98,25 +126,40 @@ enum stmt {
     S_SUBTREE,
     S_STALE_CHILDREN,
     S_DESCENDANTS,
-    S_FILE_CACHED_SUM,
+    S_SUBTREE_DIRTY,
+    S_FILE_BLOCK_SUMS,
     S_BLOCKS_DROP,
     S_BLOCK_GET,
     S_BLOCK_PUT,
     S_BLOCK_UNCACHE,
     S_BLOCKS_LIST,
     S_BLOCKS_TOUCH,
+    S_BLOCKS_DIRTY_SUM,
+    S_BLOCKS_CLEAN,
     S_LRU,
     S_CACHED_SUM,
+    S_DIRTY_SUM,
     S_MAX_TICK,
+    S_J_INSERT,
+    S_J_LAST,
+    S_J_EXTEND,
+    S_J_SCAN,
+    S_J_DONE,
+    S_J_COUNT_ALL,
+    S_J_COUNT_FILE,
+    S_J_LAST_SEQ,
     S_CHECK_INTEGRITY,
     S_CHECK_BLOCKS,
+    S_CHECK_DIRTY,
     S_CHECK_ORPHANS,
+    S_CHECK_JOURNAL,
     S_COUNT
 };
 
 /* 'what' names the statement in error messages: "index: <what>: <sqlite message>".
  * "+cached" keeps the planner on the (file, blkno) key for one file's blocks: blocks_lru would
- * scan every cached block of the cache. */
+ * scan every cached block of the cache. "dirty != 0" is spelled as in the partial index
+ * blocks_dirty, so that the planner can use it. */
 static const struct {
     const char *what;
     const char *sql;
@@ -157,15 +200,20 @@ static const struct {
     [S_STALE_CHILDREN] = {"collect stale children",
                           SUBTREE("SELECT id FROM files WHERE parent = ?1 AND attr_time_ns < ?2")},
     [S_DESCENDANTS] = {"collect descendants", SUBTREE("SELECT id FROM files WHERE parent = ?1")},
-    [S_FILE_CACHED_SUM] =
-        {"sum cached blocks of file",
-         "SELECT COALESCE(SUM(len), 0) FROM blocks WHERE file = ?1 AND +cached = 1"},
+    [S_SUBTREE_DIRTY] = {"look for dirty blocks in subtree",
+                         "WITH RECURSIVE sub (id) AS (SELECT ?1 UNION SELECT f.id FROM files f "
+                         "JOIN sub ON f.parent = sub.id) SELECT EXISTS (SELECT 1 FROM blocks b "
+                         "JOIN sub ON b.file = sub.id WHERE b.dirty != 0)"},
+    [S_FILE_BLOCK_SUMS] = {"sum cached and dirty blocks of file",
+                           "SELECT COALESCE(SUM(CASE WHEN cached = 1 THEN len END), 0), "
+                           "COALESCE(SUM(CASE WHEN dirty != 0 THEN len END), 0) "
+                           "FROM blocks WHERE file = ?1"},
     [S_BLOCKS_DROP] = {"drop blocks of file", "DELETE FROM blocks WHERE file = ?1"},
     [S_BLOCK_GET] = {"read block row",
                      "SELECT " BLOCK_COLS " FROM blocks WHERE file = ?1 AND blkno = ?2"},
     [S_BLOCK_PUT] = {"write block row",
                      "INSERT OR REPLACE INTO blocks (file, blkno, version, len, hash, cached, "
-                     "last_used) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"},
+                     "last_used, dirty) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"},
     [S_BLOCK_UNCACHE] = {"uncache block", "UPDATE blocks SET cached = 0 "
                                           "WHERE file = ?1 AND blkno = ?2 AND cached = 1"},
     [S_BLOCKS_LIST] = {"list blocks",
@@ -173,20 +221,48 @@ static const struct {
                        "AND blkno > ?3 ORDER BY blkno LIMIT ?4"},
     [S_BLOCKS_TOUCH] = {"touch blocks",
                         "UPDATE blocks SET last_used = ?2 WHERE file = ?1 AND +cached = 1"},
+    [S_BLOCKS_DIRTY_SUM] = {"sum dirty blocks to clean",
+                            "SELECT COALESCE(SUM(len), 0) FROM blocks WHERE file = ?1 "
+                            "AND blkno BETWEEN ?2 AND ?3 AND dirty != 0 AND dirty <= ?4"},
+    [S_BLOCKS_CLEAN] = {"clean blocks",
+                        "UPDATE blocks SET dirty = 0 WHERE file = ?1 "
+                        "AND blkno BETWEEN ?2 AND ?3 AND dirty != 0 AND dirty <= ?4"},
     [S_LRU] = {"scan least recently used blocks",
-               "SELECT " BLOCK_COLS " FROM blocks WHERE cached = 1 ORDER BY last_used"},
+               "SELECT " BLOCK_COLS
+               " FROM blocks WHERE cached = 1 AND dirty = 0 ORDER BY last_used"},
     [S_CACHED_SUM] = {"sum cached blocks",
                       "SELECT COALESCE(SUM(len), 0) FROM blocks WHERE cached = 1"},
+    [S_DIRTY_SUM] = {"sum dirty blocks",
+                     "SELECT COALESCE(SUM(len), 0) FROM blocks WHERE dirty != 0"},
     [S_MAX_TICK] = {"read last use tick", "SELECT COALESCE(MAX(last_used), 0) FROM blocks"},
+    [S_J_INSERT] = {"append journal row",
+                    "INSERT INTO journal (kind, file, path, path2, mode, flags, valid, size, "
+                    "atime_ns, mtime_ns, off, len) "
+                    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"},
+    [S_J_LAST] = {"read last journal row", "SELECT seq, kind, file, path, off, len FROM journal "
+                                           "WHERE seq = " JOURNAL_LAST_SEQ},
+    [S_J_EXTEND] = {"extend journal row", "UPDATE journal SET off = ?2, len = ?3 WHERE seq = ?1"},
+    [S_J_SCAN] = {"scan journal",
+                  "SELECT " JOURNAL_COLS " FROM journal WHERE seq > ?1 ORDER BY seq LIMIT ?2"},
+    [S_J_DONE] = {"remove journal row", "DELETE FROM journal WHERE seq = ?1"},
+    [S_J_COUNT_ALL] = {"count journal rows", "SELECT COUNT(*) FROM journal WHERE seq <= ?2"},
+    [S_J_COUNT_FILE] = {"count journal rows of file",
+                        "SELECT COUNT(*) FROM journal WHERE file = ?1 AND seq <= ?2"},
+    [S_J_LAST_SEQ] = {"read last journal seq", "SELECT COALESCE(" JOURNAL_LAST_SEQ ", 0)"},
     [S_CHECK_INTEGRITY] = {"check integrity", "PRAGMA integrity_check"},
     [S_CHECK_BLOCKS] = {"check blocks",
                         "SELECT COUNT(*) FROM blocks b LEFT JOIN files f ON f.id = b.file "
                         "WHERE f.id IS NULL OR f.version != b.version "
                         "OR length(b.hash) != " /* IDX_HASH_LEN */ "16 OR b.cached NOT IN (0, 1)"},
+    [S_CHECK_DIRTY] = {"check dirty blocks", "SELECT COUNT(*) FROM blocks "
+                                             "WHERE dirty < 0 OR (dirty != 0 AND cached != 1)"},
     [S_CHECK_ORPHANS] = {"check parents",
                          "SELECT COUNT(*) FROM files c WHERE c.id != 1 AND NOT EXISTS "
                          "(SELECT 1 FROM files p WHERE p.id = c.parent)"},
+    [S_CHECK_JOURNAL] = {"check journal",
+                         "SELECT COUNT(*) FROM journal WHERE kind NOT BETWEEN 1 AND 10"},
 };
+_Static_assert(IDX_J_CREATE == 1 && IDX_J_FSYNC == 10, "S_CHECK_JOURNAL spells the kinds");
 _Static_assert(IDX_HASH_LEN == 16, "S_CHECK_BLOCKS spells the hash length");
 
 /* A deleted row, and the caller's gone() to tell once the deletion is committed. */
@@ -209,6 +285,8 @@ struct idx {
     sqlite3_stmt *st[S_COUNT];  /* protected by lock */
     int depth;                  /* batch nesting, 0 = none; protected by lock */
     uint64_t cached;            /* sum of len of the cached blocks; protected by lock */
+    uint64_t dirty;             /* sum of len of the dirty blocks; protected by lock */
+    int64_t jsealed;            /* highest journal seq handed out (this open); protected by lock */
     uint64_t tick;              /* last LRU use tick handed out; protected by lock */
     struct pin *pins;           /* open addressing, linear probing; protected by lock */
     size_t pins_cap, pins_used; /* protected by lock */
@@ -317,6 +395,7 @@ static int read_block_row(sqlite3_stmt *st, enum stmt s, struct idx_block *b)
     b->len = (uint32_t)len;
     memcpy(b->hash, hash, IDX_HASH_LEN);
     b->cached = sqlite3_column_int64(st, 5) != 0;
+    b->dirty = sqlite3_column_int64(st, 6) != 0;
     return 0;
 }
 
@@ -345,6 +424,8 @@ static void resync(idx_t *idx)
 
     if (query_i64(idx, S_CACHED_SUM, &sum) == 0)
         idx->cached = (uint64_t)sum;
+    if (query_i64(idx, S_DIRTY_SUM, &sum) == 0)
+        idx->dirty = (uint64_t)sum;
 }
 
 static int batch_lost(void)
@@ -607,19 +688,26 @@ static int fresh_version(idx_t *idx, uint64_t *version)
     return 0;
 }
 
-/* Delete every block row of a file, keeping the cached total. */
+/* Delete every block row of a file, keeping the cached and dirty totals. */
 static int drop_blocks_locked(idx_t *idx, int64_t file)
 {
-    int64_t sum;
+    sqlite3_stmt *st = idx->st[S_FILE_BLOCK_SUMS];
+    int64_t cached = 0, dirty = 0;
     int r;
 
-    sqlite3_bind_int64(idx->st[S_FILE_CACHED_SUM], 1, file);
-    if ((r = query_i64(idx, S_FILE_CACHED_SUM, &sum)) < 0)
+    sqlite3_bind_int64(st, 1, file);
+    if ((r = step(idx, S_FILE_BLOCK_SUMS)) == 1) {
+        cached = sqlite3_column_int64(st, 0);
+        dirty = sqlite3_column_int64(st, 1);
+    }
+    done(idx, S_FILE_BLOCK_SUMS);
+    if (r < 0)
         return r;
     sqlite3_bind_int64(idx->st[S_BLOCKS_DROP], 1, file);
     if ((r = exec(idx, S_BLOCKS_DROP)) < 0)
         return r;
-    idx->cached -= (uint64_t)sum;
+    idx->cached -= (uint64_t)cached;
+    idx->dirty -= (uint64_t)dirty;
     return 0;
 }
 
@@ -847,6 +935,9 @@ int idx_open(const char *path, idx_t **out)
     if ((r = op_end(idx, ensure_root(idx))) < 0 || (r = query_i64(idx, S_CACHED_SUM, &v)) < 0)
         goto out;
     idx->cached = (uint64_t)v;
+    if ((r = query_i64(idx, S_DIRTY_SUM, &v)) < 0)
+        goto out;
+    idx->dirty = (uint64_t)v;
     if ((r = query_i64(idx, S_MAX_TICK, &v)) < 0)
         goto out;
     idx->tick = (uint64_t)v;
@@ -1041,20 +1132,28 @@ int idx_lookup(idx_t *idx, int64_t parent, const char *name, struct idx_file *ou
     return r;
 }
 
-/* idx_put on an existing row 'old', with the unit of writes open. */
-static int put_existing(idx_t *idx, struct idx_file *row, const struct idx_file *old)
+/* idx_put on an existing row 'old', with the unit of writes open; 'keep': idx_put_keep_version. */
+static int put_existing(idx_t *idx, struct idx_file *row, const struct idx_file *old, bool keep)
 {
     bool changed, was_dir, is_dir;
+    int64_t dirty;
     int r;
 
     row->id = old->id;
     if (row->list_time_ns == 0)
         row->list_time_ns = old->list_time_ns;
-    changed = (row->mode & S_IFMT) != (old->mode & S_IFMT) || row->size != old->size ||
-              row->mtime_ns != old->mtime_ns || row->ino != old->ino;
+    if (keep && (row->mode & S_IFMT) != (old->mode & S_IFMT))
+        return -EINVAL;
+    changed = !keep && ((row->mode & S_IFMT) != (old->mode & S_IFMT) || row->size != old->size ||
+                        row->mtime_ns != old->mtime_ns || row->ino != old->ino);
     if (!changed) {
         row->version = old->version;
     } else {
+        sqlite3_bind_int64(idx->st[S_SUBTREE_DIRTY], 1, old->id);
+        if ((r = query_i64(idx, S_SUBTREE_DIRTY, &dirty)) < 0)
+            return r;
+        if (dirty != 0)
+            return -EBUSY;
         if ((r = fresh_version(idx, &row->version)) < 0 ||
             (r = drop_blocks_locked(idx, old->id)) < 0)
             return r;
@@ -1099,7 +1198,7 @@ static int put_new(idx_t *idx, struct idx_file *row)
     return 0;
 }
 
-int idx_put(idx_t *idx, struct idx_file *f)
+static int put_row(idx_t *idx, struct idx_file *f, bool keep)
 {
     struct idx_file row, old;
     int r;
@@ -1114,7 +1213,7 @@ int idx_put(idx_t *idx, struct idx_file *f)
         goto out;
     r = lookup_locked(idx, row.parent, row.name, &old);
     if (r == 0)
-        r = put_existing(idx, &row, &old);
+        r = put_existing(idx, &row, &old, keep);
     else if (r == -ENOENT)
         r = put_new(idx, &row);
     if ((r = op_end(idx, r)) >= 0) {
@@ -1124,6 +1223,16 @@ int idx_put(idx_t *idx, struct idx_file *f)
 out:
     pthread_mutex_unlock(&idx->lock);
     return r;
+}
+
+int idx_put(idx_t *idx, struct idx_file *f)
+{
+    return put_row(idx, f, false);
+}
+
+int idx_put_keep_version(idx_t *idx, struct idx_file *f)
+{
+    return put_row(idx, f, true);
 }
 
 /* Run a bound single-row UPDATE; -ENOENT if it matched no row. */
@@ -1358,46 +1467,55 @@ int idx_get_link(idx_t *idx, int64_t id, char *buf, size_t len)
     return r;
 }
 
-/* The cached bytes a block row accounts for: 0 if it does not exist or is not cached. */
-static int block_cached_len(idx_t *idx, int64_t file, uint64_t blkno, uint64_t *len, bool *exists)
+/* The block row (file, blkno) as stored; an absent row reads as all zero. */
+static int block_old(idx_t *idx, int64_t file, uint64_t blkno, struct idx_block *old, bool *exists)
 {
-    struct idx_block old;
     int r;
 
-    *len = 0;
+    memset(old, 0, sizeof(*old));
     sqlite3_bind_int64(idx->st[S_BLOCK_GET], 1, file);
     sqlite3_bind_int64(idx->st[S_BLOCK_GET], 2, (int64_t)blkno);
     r = step(idx, S_BLOCK_GET);
     *exists = r == 1;
-    if (r == 1 && (r = read_block_row(idx->st[S_BLOCK_GET], S_BLOCK_GET, &old)) == 0 && old.cached)
-        *len = old.len;
+    if (r == 1)
+        r = read_block_row(idx->st[S_BLOCK_GET], S_BLOCK_GET, old);
     done(idx, S_BLOCK_GET);
     return r < 0 ? r : 0;
 }
 
+/* 0 if 'file' exists at 'version', -ENOENT if it does not exist, -ESTALE at another version. */
+static int check_version(idx_t *idx, int64_t file, uint64_t version)
+{
+    int64_t v = 0;
+    int r;
+
+    sqlite3_bind_int64(idx->st[S_FILE_VERSION], 1, file);
+    if ((r = step(idx, S_FILE_VERSION)) == 1)
+        v = sqlite3_column_int64(idx->st[S_FILE_VERSION], 0);
+    done(idx, S_FILE_VERSION);
+    if (r == 0)
+        return -ENOENT;
+    if (r < 0)
+        return r;
+    return (uint64_t)v == version ? 0 : -ESTALE;
+}
+
 int idx_block_put(idx_t *idx, const struct idx_block *b)
 {
+    struct idx_block old;
     sqlite3_stmt *st;
-    uint64_t old_len;
-    int64_t version = 0;
     bool exists;
     int r;
 
-    if (b->blkno > INT64_MAX)
+    if (b->blkno > INT64_MAX || (b->dirty && !b->cached))
         return -EINVAL;
     pthread_mutex_lock(&idx->lock);
     if ((r = op_begin(idx)) < 0)
         goto out;
-    sqlite3_bind_int64(idx->st[S_FILE_VERSION], 1, b->file);
-    if ((r = step(idx, S_FILE_VERSION)) == 1)
-        version = sqlite3_column_int64(idx->st[S_FILE_VERSION], 0);
-    done(idx, S_FILE_VERSION);
-    if (r == 0)
-        r = -ENOENT;
-    else if (r == 1)
-        r = (uint64_t)version == b->version ? 0 : -ESTALE;
-    if (r == 0)
-        r = block_cached_len(idx, b->file, b->blkno, &old_len, &exists);
+    if ((r = check_version(idx, b->file, b->version)) == 0)
+        r = block_old(idx, b->file, b->blkno, &old, &exists);
+    if (r == 0 && old.dirty && !b->dirty)
+        r = -EBUSY;
     if (r == 0) {
         st = idx->st[S_BLOCK_PUT];
         sqlite3_bind_int64(st, 1, b->file);
@@ -1407,9 +1525,11 @@ int idx_block_put(idx_t *idx, const struct idx_block *b)
         sqlite3_bind_blob(st, 5, b->hash, IDX_HASH_LEN, SQLITE_STATIC);
         sqlite3_bind_int(st, 6, b->cached ? 1 : 0);
         sqlite3_bind_int64(st, 7, (int64_t)(idx->tick + 1));
+        sqlite3_bind_int64(st, 8, b->dirty ? idx->jsealed + 1 : 0);
         if ((r = exec(idx, S_BLOCK_PUT)) == 0) {
             idx->tick++;
-            idx->cached = idx->cached - old_len + (b->cached ? b->len : 0);
+            idx->cached = idx->cached - (old.cached ? old.len : 0) + (b->cached ? b->len : 0);
+            idx->dirty = idx->dirty - (old.dirty ? old.len : 0) + (b->dirty ? b->len : 0);
         }
     }
     r = op_end(idx, r);
@@ -1436,20 +1556,22 @@ int idx_block_get(idx_t *idx, int64_t file, uint64_t blkno, struct idx_block *ou
 
 int idx_block_uncache(idx_t *idx, int64_t file, uint64_t blkno)
 {
-    uint64_t len;
+    struct idx_block old;
     bool exists;
     int r;
 
     pthread_mutex_lock(&idx->lock);
     if ((r = op_begin(idx)) < 0)
         goto out;
-    if ((r = block_cached_len(idx, file, blkno, &len, &exists)) == 0 && !exists)
+    if ((r = block_old(idx, file, blkno, &old, &exists)) == 0 && !exists)
         r = -ENOENT;
-    if (r == 0 && len > 0) {
+    else if (r == 0 && old.dirty)
+        r = -EBUSY;
+    if (r == 0 && old.cached) {
         sqlite3_bind_int64(idx->st[S_BLOCK_UNCACHE], 1, file);
         sqlite3_bind_int64(idx->st[S_BLOCK_UNCACHE], 2, (int64_t)blkno);
         if ((r = exec(idx, S_BLOCK_UNCACHE)) == 0)
-            idx->cached -= len;
+            idx->cached -= old.len;
     }
     r = op_end(idx, r);
 out:
@@ -1513,12 +1635,60 @@ int idx_blocks_touch(idx_t *idx, int64_t file)
     return r;
 }
 
+int idx_blocks_clean(idx_t *idx, int64_t file, uint64_t version, uint64_t first, uint64_t count,
+                     int64_t seq)
+{
+    uint64_t last;
+    int64_t sum;
+    int r, n = 0;
+
+    if (first > INT64_MAX)
+        return -EINVAL;
+    last = count == 0                                ? first
+           : count - 1 > (uint64_t)INT64_MAX - first ? INT64_MAX
+                                                     : first + count - 1;
+    pthread_mutex_lock(&idx->lock);
+    if ((r = op_begin(idx)) < 0)
+        goto out;
+    if ((r = check_version(idx, file, version)) < 0 || count == 0)
+        goto end;
+    sqlite3_bind_int64(idx->st[S_BLOCKS_DIRTY_SUM], 1, file);
+    sqlite3_bind_int64(idx->st[S_BLOCKS_DIRTY_SUM], 2, (int64_t)first);
+    sqlite3_bind_int64(idx->st[S_BLOCKS_DIRTY_SUM], 3, (int64_t)last);
+    sqlite3_bind_int64(idx->st[S_BLOCKS_DIRTY_SUM], 4, seq);
+    if ((r = query_i64(idx, S_BLOCKS_DIRTY_SUM, &sum)) < 0)
+        goto end;
+    sqlite3_bind_int64(idx->st[S_BLOCKS_CLEAN], 1, file);
+    sqlite3_bind_int64(idx->st[S_BLOCKS_CLEAN], 2, (int64_t)first);
+    sqlite3_bind_int64(idx->st[S_BLOCKS_CLEAN], 3, (int64_t)last);
+    sqlite3_bind_int64(idx->st[S_BLOCKS_CLEAN], 4, seq);
+    if ((r = exec(idx, S_BLOCKS_CLEAN)) == 0) {
+        n = sqlite3_changes(idx->db);
+        idx->dirty -= (uint64_t)sum;
+    }
+end:
+    r = op_end(idx, r < 0 ? r : n);
+out:
+    pthread_mutex_unlock(&idx->lock);
+    return r;
+}
+
 uint64_t idx_cached_bytes(idx_t *idx)
 {
     uint64_t v;
 
     pthread_mutex_lock(&idx->lock);
     v = idx->cached;
+    pthread_mutex_unlock(&idx->lock);
+    return v;
+}
+
+uint64_t idx_dirty_bytes(idx_t *idx)
+{
+    uint64_t v;
+
+    pthread_mutex_lock(&idx->lock);
+    v = idx->dirty;
     pthread_mutex_unlock(&idx->lock);
     return v;
 }
@@ -1637,6 +1807,225 @@ out:
     return r < 0 ? r : (int)kept;
 }
 
+static bool jkind_valid(enum idx_jkind kind)
+{
+    return (int)kind >= IDX_J_CREATE && (int)kind <= IDX_J_FSYNC;
+}
+
+static int check_jentry(const struct idx_jentry *e)
+{
+    const uint32_t valid_all = IDX_J_SET_MODE | IDX_J_SET_SIZE | IDX_J_SET_ATIME | IDX_J_SET_MTIME;
+
+    if (e == NULL || !jkind_valid(e->kind) || e->file < 0 || (e->valid & ~valid_all) != 0 ||
+        e->size > INT64_MAX || e->off > INT64_MAX || e->len > (uint64_t)INT64_MAX - e->off)
+        return -EINVAL;
+    if (strnlen(e->path, IDX_PATH_MAX) >= IDX_PATH_MAX ||
+        strnlen(e->path2, IDX_PATH_MAX) >= IDX_PATH_MAX)
+        return -ENAMETOOLONG;
+    return 0;
+}
+
+/* Copy a text column into buf[size]: -EIO (logged) if it is NULL, too long or holds a NUL. */
+static int read_text(sqlite3_stmt *st, int col, char *buf, size_t size, enum stmt s, int64_t id)
+{
+    const unsigned char *text = sqlite3_column_text(st, col);
+    size_t len = (size_t)sqlite3_column_bytes(st, col);
+
+    if (text == NULL || len >= size || memchr(text, '\0', len) != NULL)
+        return db_corrupt(stmts[s].what, id);
+    memcpy(buf, text, len);
+    buf[len] = '\0';
+    return 0;
+}
+
+static int read_jentry(sqlite3_stmt *st, enum stmt s, struct idx_jentry *e)
+{
+    int64_t kind, size, off, len;
+    int r;
+
+    memset(e, 0, sizeof(*e));
+    e->seq = sqlite3_column_int64(st, 0);
+    kind = sqlite3_column_int64(st, 1);
+    e->file = sqlite3_column_int64(st, 2);
+    if ((r = read_text(st, 3, e->path, sizeof(e->path), s, e->seq)) < 0 ||
+        (r = read_text(st, 4, e->path2, sizeof(e->path2), s, e->seq)) < 0)
+        return r;
+    e->mode = (uint32_t)sqlite3_column_int64(st, 5);
+    e->flags = (uint32_t)sqlite3_column_int64(st, 6);
+    e->valid = (uint32_t)sqlite3_column_int64(st, 7);
+    size = sqlite3_column_int64(st, 8);
+    e->atime_ns = sqlite3_column_int64(st, 9);
+    e->mtime_ns = sqlite3_column_int64(st, 10);
+    off = sqlite3_column_int64(st, 11);
+    len = sqlite3_column_int64(st, 12);
+    if (kind < IDX_J_CREATE || kind > IDX_J_FSYNC || size < 0 || off < 0 || len < 0)
+        return db_corrupt(stmts[s].what, e->seq);
+    e->kind = (enum idx_jkind)kind;
+    e->size = (uint64_t)size;
+    e->off = (uint64_t)off;
+    e->len = (uint64_t)len;
+    return 0;
+}
+
+/* Extend the journal's last row by the WRITE 'e' if the rule of idx_journal_add allows it: 1 (and
+ * *merged set to that row's seq) if it did, 0 if e needs a row of its own, <0 on error. */
+static int journal_merge(idx_t *idx, const struct idx_jentry *e, int64_t *merged)
+{
+    sqlite3_stmt *st = idx->st[S_J_LAST];
+    int64_t seq = 0, off = 0, len, end = 0;
+    bool merge = false;
+    int r;
+
+    if (e->kind != IDX_J_WRITE)
+        return 0;
+    if ((r = step(idx, S_J_LAST)) == 1) {
+        seq = sqlite3_column_int64(st, 0);
+        off = sqlite3_column_int64(st, 4);
+        len = sqlite3_column_int64(st, 5);
+        if (off < 0 || len < 0 || len > INT64_MAX - off) {
+            r = db_corrupt(stmts[S_J_LAST].what, seq);
+        } else {
+            end = off + len;
+            merge = seq > idx->jsealed && sqlite3_column_int64(st, 1) == IDX_J_WRITE &&
+                    sqlite3_column_int64(st, 2) == e->file && sqlite3_column_text(st, 3) != NULL &&
+                    strcmp((const char *)sqlite3_column_text(st, 3), e->path) == 0 &&
+                    e->off <= (uint64_t)end && (uint64_t)off <= e->off + e->len;
+            if (merge) {
+                off = (uint64_t)off < e->off ? off : (int64_t)e->off;
+                end = (uint64_t)end > e->off + e->len ? end : (int64_t)(e->off + e->len);
+            }
+        }
+    }
+    done(idx, S_J_LAST);
+    if (r < 0 || !merge)
+        return r < 0 ? r : 0;
+    sqlite3_bind_int64(idx->st[S_J_EXTEND], 1, seq);
+    sqlite3_bind_int64(idx->st[S_J_EXTEND], 2, off);
+    sqlite3_bind_int64(idx->st[S_J_EXTEND], 3, end - off);
+    if ((r = exec(idx, S_J_EXTEND)) < 0)
+        return r;
+    *merged = seq;
+    return 1;
+}
+
+int idx_journal_add(idx_t *idx, struct idx_jentry *e)
+{
+    sqlite3_stmt *st = idx->st[S_J_INSERT];
+    int64_t seq = 0;
+    int r;
+
+    if ((r = check_jentry(e)) < 0)
+        return r;
+    pthread_mutex_lock(&idx->lock);
+    if ((r = op_begin(idx)) < 0)
+        goto out;
+    if ((r = journal_merge(idx, e, &seq)) == 0) {
+        sqlite3_bind_int(st, 1, (int)e->kind);
+        sqlite3_bind_int64(st, 2, e->file);
+        sqlite3_bind_text(st, 3, e->path, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 4, e->path2, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 5, e->mode);
+        sqlite3_bind_int64(st, 6, e->flags);
+        sqlite3_bind_int64(st, 7, e->valid);
+        sqlite3_bind_int64(st, 8, (int64_t)e->size);
+        sqlite3_bind_int64(st, 9, e->atime_ns);
+        sqlite3_bind_int64(st, 10, e->mtime_ns);
+        sqlite3_bind_int64(st, 11, (int64_t)e->off);
+        sqlite3_bind_int64(st, 12, (int64_t)e->len);
+        if ((r = exec(idx, S_J_INSERT)) == 0)
+            seq = sqlite3_last_insert_rowid(idx->db);
+    }
+    if ((r = op_end(idx, r)) >= 0)
+        e->seq = seq;
+out:
+    pthread_mutex_unlock(&idx->lock);
+    return r < 0 ? r : 0;
+}
+
+int idx_journal_scan(idx_t *idx, int64_t after_seq, size_t max,
+                     int (*each)(void *arg, const struct idx_jentry *e), void *arg)
+{
+    struct idx_jentry *page;
+    sqlite3_stmt *st;
+    size_t want, n, i;
+    int r = 0;
+
+    if (each == NULL)
+        return -EINVAL;
+    if ((page = malloc(JOURNAL_PAGE_ROWS * sizeof(*page))) == NULL)
+        return -ENOMEM;
+    while (max > 0) {
+        want = max < JOURNAL_PAGE_ROWS ? max : JOURNAL_PAGE_ROWS;
+        pthread_mutex_lock(&idx->lock);
+        if (idx->depth > 0) {
+            pthread_mutex_unlock(&idx->lock);
+            r = -EBUSY;
+            break;
+        }
+        st = idx->st[S_J_SCAN];
+        sqlite3_bind_int64(st, 1, after_seq);
+        sqlite3_bind_int64(st, 2, (int64_t)want);
+        for (n = 0; (r = step(idx, S_J_SCAN)) == 1; n++)
+            if ((r = read_jentry(st, S_J_SCAN, &page[n])) < 0)
+                break;
+        done(idx, S_J_SCAN);
+        if (r == 0 && n > 0 && page[n - 1].seq > idx->jsealed)
+            idx->jsealed = page[n - 1].seq;
+        pthread_mutex_unlock(&idx->lock);
+        if (r < 0)
+            break;
+        for (i = 0; i < n; i++)
+            if ((r = each(arg, &page[i])) != 0)
+                goto out;
+        if (n < want)
+            break;
+        max -= n;
+        after_seq = page[n - 1].seq;
+    }
+out:
+    free(page);
+    return r;
+}
+
+int idx_journal_done(idx_t *idx, int64_t seq)
+{
+    int r;
+
+    pthread_mutex_lock(&idx->lock);
+    sqlite3_bind_int64(idx->st[S_J_DONE], 1, seq);
+    r = update_one(idx, S_J_DONE);
+    pthread_mutex_unlock(&idx->lock);
+    return r;
+}
+
+int idx_journal_count(idx_t *idx, int64_t file, int64_t upto_seq, uint64_t *n)
+{
+    enum stmt s = file == 0 ? S_J_COUNT_ALL : S_J_COUNT_FILE;
+    int64_t v;
+    int r;
+
+    if (file < 0 || n == NULL)
+        return -EINVAL;
+    pthread_mutex_lock(&idx->lock);
+    sqlite3_bind_int64(idx->st[s], 1, file);
+    sqlite3_bind_int64(idx->st[s], 2, upto_seq);
+    if ((r = query_i64(idx, s, &v)) == 0)
+        *n = (uint64_t)v;
+    pthread_mutex_unlock(&idx->lock);
+    return r;
+}
+
+int64_t idx_journal_last_seq(idx_t *idx)
+{
+    int64_t v;
+    int r;
+
+    pthread_mutex_lock(&idx->lock);
+    r = query_i64(idx, S_J_LAST_SEQ, &v);
+    pthread_mutex_unlock(&idx->lock);
+    return r < 0 ? r : v;
+}
+
 int idx_check(idx_t *idx)
 {
     const unsigned char *text;
@@ -1665,8 +2054,16 @@ int idx_check(idx_t *idx)
         fprintf(stderr, "index: check: %" PRId64 " block rows without their file's version\n", bad);
         r = -EIO;
     }
+    if (query_i64(idx, S_CHECK_DIRTY, &bad) < 0 || bad != 0) {
+        fprintf(stderr, "index: check: %" PRId64 " dirty block rows not cached\n", bad);
+        r = -EIO;
+    }
     if (query_i64(idx, S_CHECK_ORPHANS, &bad) < 0 || bad != 0) {
         fprintf(stderr, "index: check: %" PRId64 " file rows without a parent\n", bad);
+        r = -EIO;
+    }
+    if (query_i64(idx, S_CHECK_JOURNAL, &bad) < 0 || bad != 0) {
+        fprintf(stderr, "index: check: %" PRId64 " journal rows of unknown kind\n", bad);
         r = -EIO;
     }
     if (get_locked(idx, IDX_ROOT_ID, &root) < 0 || !S_ISDIR(root.mode) || root.parent != 0) {
@@ -1676,6 +2073,11 @@ int idx_check(idx_t *idx)
     if (query_i64(idx, S_CACHED_SUM, &sum) < 0 || (uint64_t)sum != idx->cached) {
         fprintf(stderr, "index: check: cached total is %" PRIu64 ", blocks sum to %" PRId64 "\n",
                 idx->cached, sum);
+        r = -EIO;
+    }
+    if (query_i64(idx, S_DIRTY_SUM, &sum) < 0 || (uint64_t)sum != idx->dirty) {
+        fprintf(stderr, "index: check: dirty total is %" PRIu64 ", blocks sum to %" PRId64 "\n",
+                idx->dirty, sum);
         r = -EIO;
     }
 out:

@@ -2,8 +2,10 @@
  *
  * One database file per side. It records, per file of a mounted or exported tree, its identity,
  * type, mode, size, times in nanoseconds and a version that changes whenever the content identity
- * changes; and per fixed-size block, its XXH3-128 hash, the version it belongs to and whether its
- * bytes are held in the local block cache. The index knows nothing of FUSE or SSH.
+ * changes; per fixed-size block, its XXH3-128 hash, the version it belongs to, whether its bytes
+ * are held in the local block cache and whether they are local writes not yet written back; and
+ * the journal of write-back operations waiting to be sent to the source, in order. The index knows
+ * nothing of FUSE or SSH.
  *
  * Storage: WAL journal, prepared statements, versioned schema migrations (table `meta`, key
  * `schema_version`). Writes are batched by the caller with idx_begin()/idx_commit(); a process
@@ -25,7 +27,8 @@
 #define IDX_ROOT_ID        1   /* the row id of the tree's root directory, also FUSE_ROOT_ID */
 #define IDX_NAME_MAX       255 /* longest file name component, in bytes */
 #define IDX_HASH_LEN       16  /* XXH3-128 */
-#define IDX_SCHEMA_VERSION 1
+#define IDX_SCHEMA_VERSION 2
+#define IDX_PATH_MAX       4096 /* journal paths, the NUL included */
 
 typedef struct idx idx_t;
 
@@ -50,6 +53,7 @@ struct idx_block {
     uint32_t len;     /* valid bytes in the block (the last block may be short) */
     uint8_t hash[IDX_HASH_LEN];
     bool cached; /* bytes are in the local cache file for (file, version) */
+    bool dirty;  /* bytes written locally, not yet written back to the source (implies cached) */
 };
 
 /* Open (creating if needed) the database at 'path', enable WAL, run migrations up to
@@ -101,8 +105,19 @@ int idx_resolve(idx_t *idx, const char *path, struct idx_file *out);
  * unchanged or the row is new, 1 if it changed (the caller drops its cached bytes), or <0.
  * A row whose type changed between directory and non-directory loses its children too.
  * A new row needs an existing directory as parent (-ENOENT, -ENOTDIR). A name with '/', "", "."
- * or ".." (except the root's "" under parent 0) or a mode with no valid file type is -EINVAL. */
+ * or ".." (except the root's "" under parent 0) or a mode with no valid file type is -EINVAL.
+ * A change of content identity that would drop dirty blocks (the file's, or for a directory that
+ * becomes a non-directory, its subtree's) is refused with -EBUSY and changes nothing: local writes
+ * are never lost to a change seen on the source. Once they are written back (idx_blocks_clean) the
+ * change goes through; to give them up instead, idx_blocks_drop() first. */
 int idx_put(idx_t *idx, struct idx_file *f);
+
+/* idx_put for a change made locally, whose bytes are already in the cache of the row's current
+ * version (a write, a truncate, a utimens through the mount): an existing row takes the metadata in
+ * *f but keeps its version, its blocks (dirty or not) and its symlink target, whatever changed, and
+ * the call returns 0. Changing the type bits of an existing row is -EINVAL (replace the row with
+ * idx_delete/idx_rename instead). A new row is created as by idx_put. */
+int idx_put_keep_version(idx_t *idx, struct idx_file *f);
 
 /* Set the confirmation time of a row's metadata / directory listing. */
 int idx_touch_attr(idx_t *idx, int64_t id, int64_t attr_time_ns);
@@ -140,30 +155,51 @@ int idx_children(idx_t *idx, int64_t dir, int64_t after,
 int idx_set_link(idx_t *idx, int64_t id, const char *target);
 int idx_get_link(idx_t *idx, int64_t id, char *buf, size_t len); /* -ERANGE if too small */
 
-/* Blocks. idx_block_put inserts or replaces the row (file, blkno) and keeps the cached-bytes
- * total current; it refuses (-ESTALE) a block whose version is not the file's current version.
+/* Blocks. idx_block_put inserts or replaces the row (file, blkno) and keeps the cached- and
+ * dirty-bytes totals current; it refuses (-ESTALE) a block whose version is not the file's current
+ * version, (-EINVAL) a block that is dirty but not cached, and (-EBUSY) to replace a dirty row with
+ * a clean one: only idx_blocks_clean() (or dropping the rows) makes a dirty block clean.
  * LRU: each put or touch stamps the block with a monotonically increasing use tick. */
 int idx_block_put(idx_t *idx, const struct idx_block *b);
 int idx_block_get(idx_t *idx, int64_t file, uint64_t blkno, struct idx_block *out);
-/* Mark one block not cached (its hash row stays). */
+/* Mark one block not cached (its hash row stays). A dirty block is refused (-EBUSY). */
 int idx_block_uncache(idx_t *idx, int64_t file, uint64_t blkno);
-/* Delete every block row of a file. */
+/* Delete every block row of a file, dirty ones included (the caller gives up local writes).
+ * idx_delete, idx_rename over a row and idx_prune_children drop dirty blocks the same way: they are
+ * explicit deletions, so a caller must not prune rows whose creation is still in the journal. */
 int idx_blocks_drop(idx_t *idx, int64_t file);
+
+/* Dirty blocks and write-back. A dirty block is never evicted, uncached, replaced by a clean row or
+ * dropped by idx_put. It is clean again once a journal WRITE row covering it has been handed out by
+ * idx_journal_scan() after the block's last write, sent, and acknowledged: every dirty put records
+ * the highest journal seq handed out so far, and idx_blocks_clean() clears, among the blocks
+ * [first, first + count) of 'file', those written before row 'seq' was handed out (the bytes that
+ * row's send read); a block written again since stays dirty for the later row that covers it.
+ * Call it in the batch that calls idx_journal_done(seq), or a crash in between leaves blocks dirty
+ * with no row left to clean them; pass INT64_MAX as 'seq' to clean unconditionally. The write path
+ * puts a write's dirty blocks and adds its journal row in one batch. Returns the number of blocks
+ * made clean, -ENOENT without the file, -ESTALE when 'version' is not the file's current version,
+ * -EINVAL for first > INT64_MAX. */
+int idx_blocks_clean(idx_t *idx, int64_t file, uint64_t version, uint64_t first, uint64_t count,
+                     int64_t seq);
 /* Iterate the block rows of a file at 'version', in increasing blkno (paged, as idx_children). */
 int idx_blocks(idx_t *idx, int64_t file, uint64_t version,
                int (*each)(void *arg, const struct idx_block *b), void *arg);
 /* Mark all cached blocks of a file as just used (LRU). */
 int idx_blocks_touch(idx_t *idx, int64_t file);
 
-/* Total bytes (sum of len) of the cached blocks. Kept in memory, recomputed at open. */
+/* Total bytes (sum of len) of the cached blocks / of the dirty blocks (which count in both). Kept
+ * in memory, recomputed at open. */
 uint64_t idx_cached_bytes(idx_t *idx);
+uint64_t idx_dirty_bytes(idx_t *idx);
 
 /* Pins: a pinned file (an open file being read) never loses cached blocks to eviction. Counted:
  * n pins need n unpins. In memory only. */
 void idx_pin(idx_t *idx, int64_t file);
 void idx_unpin(idx_t *idx, int64_t file);
 
-/* Evict least recently used cached blocks of unpinned files until idx_cached_bytes() <= budget,
+/* Evict least recently used clean cached blocks of unpinned files until idx_cached_bytes() <=
+ * budget (or none is left: dirty blocks are never evicted, so the budget may stay exceeded),
  * marking them not cached, in one batch that is committed before return. evicted(arg, block)
  * is then called for each evicted block (after the commit, so a crash can only leave a block
  * that is uncached in the index but still on disk, never the reverse); the caller punches the
@@ -173,8 +209,72 @@ void idx_unpin(idx_t *idx, int64_t file);
 int idx_evict(idx_t *idx, uint64_t budget, void (*evicted)(void *arg, const struct idx_block *b),
               void *arg);
 
+/* The write-back journal: the operations done locally that the source has not acknowledged yet,
+ * in the order they were done (seq). An entry records the file row it concerns and the paths as
+ * they were at the time, so a later rename never redirects an earlier operation. */
+enum idx_jkind {
+    IDX_J_CREATE = 1,
+    IDX_J_MKDIR,
+    IDX_J_SYMLINK,
+    IDX_J_LINK,
+    IDX_J_UNLINK,
+    IDX_J_RMDIR,
+    IDX_J_RENAME,
+    IDX_J_SETATTR,
+    IDX_J_WRITE,
+    IDX_J_FSYNC,
+};
+
+/* idx_jentry.valid: which attributes a SETATTR sets. */
+#define IDX_J_SET_MODE  0x1u
+#define IDX_J_SET_SIZE  0x2u
+#define IDX_J_SET_ATIME 0x4u
+#define IDX_J_SET_MTIME 0x8u
+
+struct idx_jentry {
+    int64_t seq;              /* assigned by idx_journal_add: increasing, never reused */
+    enum idx_jkind kind;      /* -EINVAL if not one of enum idx_jkind */
+    int64_t file;             /* the row the operation concerns (0: none) */
+    char path[IDX_PATH_MAX];  /* source-relative path at the time of the operation */
+    char path2[IDX_PATH_MAX]; /* RENAME/LINK target, SYMLINK target text; "" when unused */
+    uint32_t mode, flags;     /* CREATE/MKDIR/SETATTR mode; RENAME flags */
+    uint32_t valid;           /* SETATTR: IDX_J_SET_* bits (others: -EINVAL) */
+    uint64_t size;            /* SETATTR size (at most INT64_MAX) */
+    int64_t atime_ns, mtime_ns;
+    uint64_t off, len; /* WRITE: the dirty byte range [off, off + len), off + len <= INT64_MAX */
+};
+
+/* Append an operation, inside the caller's batch if one is open (so a local change and its journal
+ * row commit, or vanish, together), and set e->seq. A WRITE extends the journal's last row instead
+ * when that row is a WRITE of the same file and path whose range touches or overlaps e's, and has
+ * not been handed out by idx_journal_scan yet (its bytes are not being sent): e->seq is then that
+ * row's seq. So consecutive writes merge, never across another operation. Seqs are increasing and
+ * never reused, across reopen and when the journal is emptied; a rolled-back batch takes back the
+ * seqs it was given. On failure e->seq is left as it was: -EINVAL for an unknown kind or valid bit,
+ * a size, off or off + len over INT64_MAX or a negative file; -ENAMETOOLONG for a path or path2
+ * with no NUL in its IDX_PATH_MAX bytes. */
+int idx_journal_add(idx_t *idx, struct idx_jentry *e);
+
+/* Call each() for the rows with seq > after_seq in increasing seq, at most 'max' of them: paged and
+ * without the index lock, as idx_children (each() returns 0 to go on, anything else to stop and
+ * that value is returned). Rows handed out are never extended afterwards. Refused with -EBUSY while
+ * a batch is open (its rows are not committed and must not be sent); rows already passed to each()
+ * stay handed out. */
+int idx_journal_scan(idx_t *idx, int64_t after_seq, size_t max,
+                     int (*each)(void *arg, const struct idx_jentry *e), void *arg);
+
+/* Remove an acknowledged row; -ENOENT if there is none with that seq. */
+int idx_journal_done(idx_t *idx, int64_t seq);
+
+/* Set *n to the number of rows concerning 'file' (any file when 0) with seq <= upto_seq. */
+int idx_journal_count(idx_t *idx, int64_t file, int64_t upto_seq, uint64_t *n);
+
+/* The highest seq ever assigned (0 for none), rows of an open batch included; <0 on error. */
+int64_t idx_journal_last_seq(idx_t *idx);
+
 /* Run SQLite's integrity check and the index's own invariants (every block row belongs to an
- * existing file row at its current version; the cached total matches). 0 if sound, -EIO if not. */
+ * existing file row at its current version; every dirty block is cached; the cached and dirty
+ * totals match; every journal row has a known kind). 0 if sound, -EIO if not. */
 int idx_check(idx_t *idx);
 
 #endif

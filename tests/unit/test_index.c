@@ -59,27 +59,32 @@ static void reopen(void)
     ck_assert_int_eq(idx_open(db_path, &idx), 0);
 }
 
-/* Run SQL on the database through a second, raw connection (sees committed state only). */
-static void raw_exec(const char *sql)
+/* Run SQL on the database at 'path' through a raw connection (sees committed state only). */
+static void raw_exec_at(const char *path, const char *sql)
 {
     sqlite3 *db;
     char *err = NULL;
 
-    ck_assert_int_eq(sqlite3_open(db_path, &db), SQLITE_OK);
+    ck_assert_int_eq(sqlite3_open(path, &db), SQLITE_OK);
     sqlite3_busy_timeout(db, 5000);
     if (sqlite3_exec(db, sql, NULL, NULL, &err) != SQLITE_OK)
         ck_abort_msg("raw sql '%s' failed: %s", sql, err);
     sqlite3_close(db);
 }
 
-/* One integer from a raw connection. */
-static long long raw_query(const char *sql)
+static void raw_exec(const char *sql)
+{
+    raw_exec_at(db_path, sql);
+}
+
+/* One integer from a raw connection to the database at 'path'. */
+static long long raw_query_at(const char *path, const char *sql)
 {
     sqlite3 *db;
     sqlite3_stmt *st;
     long long v = -1;
 
-    ck_assert_int_eq(sqlite3_open(db_path, &db), SQLITE_OK);
+    ck_assert_int_eq(sqlite3_open(path, &db), SQLITE_OK);
     sqlite3_busy_timeout(db, 5000);
     ck_assert_int_eq(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
     if (sqlite3_step(st) == SQLITE_ROW)
@@ -87,6 +92,11 @@ static long long raw_query(const char *sql)
     sqlite3_finalize(st);
     sqlite3_close(db);
     return v;
+}
+
+static long long raw_query(const char *sql)
+{
+    return raw_query_at(db_path, sql);
 }
 
 static struct idx_file mkfile(int64_t parent, const char *name, uint32_t mode, uint64_t size)
@@ -164,6 +174,91 @@ static bool block_cached(int64_t file, uint64_t blkno)
 
     ck_assert_int_eq(idx_block_get(idx, file, blkno, &b), 0);
     return b.cached;
+}
+
+/* A cached block holding local writes. */
+static void put_dirty(int64_t file, uint64_t blkno, uint32_t len)
+{
+    struct idx_block b = mkblock(file, version_of(file), blkno, len, true);
+
+    b.dirty = true;
+    ck_assert_int_eq(idx_block_put(idx, &b), 0);
+}
+
+static bool block_dirty(int64_t file, uint64_t blkno)
+{
+    struct idx_block b;
+
+    ck_assert_int_eq(idx_block_get(idx, file, blkno, &b), 0);
+    ck_assert(!b.dirty || b.cached);
+    return b.dirty;
+}
+
+static struct idx_jentry mkj(enum idx_jkind kind, int64_t file, const char *path)
+{
+    struct idx_jentry e;
+
+    memset(&e, 0, sizeof(e));
+    e.kind = kind;
+    e.file = file;
+    snprintf(e.path, sizeof(e.path), "%s", path);
+    return e;
+}
+
+/* Append a WRITE of [off, off + len) of 'file' at 'path'; returns the row's seq. */
+static int64_t add_write(int64_t file, const char *path, uint64_t off, uint64_t len)
+{
+    struct idx_jentry e = mkj(IDX_J_WRITE, file, path);
+
+    e.off = off;
+    e.len = len;
+    ck_assert_int_eq(idx_journal_add(idx, &e), 0);
+    ck_assert_int_gt(e.seq, 0);
+    return e.seq;
+}
+
+static int64_t add_op(enum idx_jkind kind, int64_t file, const char *path)
+{
+    struct idx_jentry e = mkj(kind, file, path);
+
+    ck_assert_int_eq(idx_journal_add(idx, &e), 0);
+    ck_assert_int_gt(e.seq, 0);
+    return e.seq;
+}
+
+#define MAX_JSEEN 64
+
+/* What idx_journal_scan handed out: the entries' small fields, and the first two whole. */
+struct jseen {
+    int n;
+    int64_t seq[MAX_JSEEN];
+    int kind[MAX_JSEEN];
+    int64_t file[MAX_JSEEN];
+    uint64_t off[MAX_JSEEN], len[MAX_JSEEN];
+    struct idx_jentry whole[2];
+    int done_each; /* > 0: call idx_journal_done on each row handed out */
+};
+
+static int on_jentry(void *arg, const struct idx_jentry *e)
+{
+    struct jseen *s = arg;
+
+    ck_assert_int_lt(s->n, MAX_JSEEN);
+    if (s->n < 2)
+        s->whole[s->n] = *e;
+    s->seq[s->n] = e->seq;
+    s->kind[s->n] = (int)e->kind;
+    s->file[s->n] = e->file;
+    s->off[s->n] = e->off;
+    s->len[s->n++] = e->len;
+    if (s->done_each)
+        ck_assert_int_eq(idx_journal_done(idx, e->seq), 0);
+    return 0;
+}
+
+static int journal_rows(void)
+{
+    return (int)raw_query("SELECT COUNT(*) FROM journal");
 }
 
 #define MAX_SEEN 1024
@@ -283,6 +378,7 @@ END_TEST
 
 START_TEST(test_schema_version_is_current)
 {
+    ck_assert_int_eq(IDX_SCHEMA_VERSION, 2);
     ck_assert_int_eq(idx_schema_version(idx), IDX_SCHEMA_VERSION);
     reopen();
     ck_assert_int_eq(idx_schema_version(idx), IDX_SCHEMA_VERSION);
@@ -313,6 +409,118 @@ START_TEST(test_schema_garbage_version_refused)
     raw_exec("UPDATE meta SET value = '1x' WHERE key = 'schema_version'");
     ck_assert_int_eq(idx_open(db_path, &other), -EIO);
     ck_assert_ptr_null(other);
+}
+END_TEST
+
+/* The schema of version 1 as it was shipped, frozen here: migrations must bring such a database
+ * up to date in place. */
+static const char v1_schema[] =
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);"
+    "CREATE TABLE files ("
+    " id INTEGER PRIMARY KEY,"
+    " parent INTEGER NOT NULL,"
+    " name TEXT NOT NULL,"
+    " dev INTEGER NOT NULL DEFAULT 0,"
+    " ino INTEGER NOT NULL DEFAULT 0,"
+    " mode INTEGER NOT NULL,"
+    " uid INTEGER NOT NULL DEFAULT 0,"
+    " gid INTEGER NOT NULL DEFAULT 0,"
+    " nlink INTEGER NOT NULL DEFAULT 1,"
+    " size INTEGER NOT NULL DEFAULT 0,"
+    " atime_ns INTEGER NOT NULL DEFAULT 0,"
+    " mtime_ns INTEGER NOT NULL DEFAULT 0,"
+    " ctime_ns INTEGER NOT NULL DEFAULT 0,"
+    " version INTEGER NOT NULL,"
+    " attr_time_ns INTEGER NOT NULL DEFAULT 0,"
+    " list_time_ns INTEGER NOT NULL DEFAULT 0,"
+    " link_target TEXT,"
+    " UNIQUE (parent, name));"
+    "CREATE INDEX files_parent ON files (parent);"
+    "CREATE TABLE blocks ("
+    " file INTEGER NOT NULL REFERENCES files (id) ON DELETE CASCADE,"
+    " blkno INTEGER NOT NULL,"
+    " version INTEGER NOT NULL,"
+    " len INTEGER NOT NULL,"
+    " hash BLOB NOT NULL,"
+    " cached INTEGER NOT NULL DEFAULT 0,"
+    " last_used INTEGER NOT NULL DEFAULT 0,"
+    " PRIMARY KEY (file, blkno));"
+    "CREATE INDEX blocks_lru ON blocks (cached, last_used);"
+    "INSERT INTO meta (key, value) VALUES ('next_version', '3');"
+    "INSERT INTO meta (key, value) VALUES ('schema_version', '1');"
+    "INSERT INTO files (id, parent, name, mode, nlink, version) VALUES (1, 0, '', 16877, 2, 1);"
+    "INSERT INTO files (id, parent, name, ino, mode, size, mtime_ns, version) "
+    " VALUES (2, 1, 'a.c', 77, 33188, 3000, 5, 2);"
+    "INSERT INTO blocks (file, blkno, version, len, hash, cached, last_used) VALUES "
+    " (2, 0, 2, 1000, zeroblob(16), 1, 1), (2, 1, 2, 2000, zeroblob(16), 0, 2);";
+
+static void make_v1_database(char *path, size_t size)
+{
+    snprintf(path, size, "%s/v1.db", dir);
+    raw_exec_at(path, v1_schema);
+    ck_assert_int_eq(raw_query_at(path, "SELECT value FROM meta WHERE key = 'schema_version'"), 1);
+}
+
+START_TEST(test_migrate_v1_database_in_place)
+{
+    char path[PATH_MAX];
+    struct idx_jentry e = mkj(IDX_J_CREATE, 2, "a.c");
+    struct idx_file f;
+    struct idx_block b;
+    idx_t *v1;
+
+    make_v1_database(path, sizeof(path));
+    ck_assert_int_eq(idx_open(path, &v1), 0);
+    ck_assert_int_eq(idx_schema_version(v1), 2);
+    ck_assert_int_eq(raw_query_at(path, "SELECT COUNT(*) FROM pragma_table_info('blocks') "
+                                        "WHERE name = 'dirty' AND dflt_value = '0'"),
+                     1);
+    ck_assert_int_eq(raw_query_at(path, "SELECT COUNT(*) FROM sqlite_master "
+                                        "WHERE type = 'table' AND name = 'journal'"),
+                     1);
+    /* the data is kept */
+    ck_assert_int_eq(idx_lookup(v1, IDX_ROOT_ID, "a.c", &f), 0);
+    ck_assert_int_eq(f.id, 2);
+    ck_assert_uint_eq(f.version, 2);
+    ck_assert_uint_eq(f.size, 3000);
+    ck_assert_int_eq(idx_block_get(v1, 2, 0, &b), 0);
+    ck_assert(b.cached && !b.dirty);
+    ck_assert_uint_eq(b.len, 1000);
+    ck_assert_int_eq(idx_block_get(v1, 2, 1, &b), 0);
+    ck_assert(!b.cached && !b.dirty);
+    ck_assert_uint_eq(idx_cached_bytes(v1), 1000);
+    ck_assert_uint_eq(idx_dirty_bytes(v1), 0);
+    /* and the new parts work */
+    ck_assert_int_eq(idx_journal_last_seq(v1), 0);
+    ck_assert_int_eq(idx_journal_add(v1, &e), 0);
+    ck_assert_int_eq(e.seq, 1);
+    f.size = 1;
+    ck_assert_int_eq(idx_put(v1, &f), 1);
+    ck_assert_uint_eq(f.version, 3); /* next_version carried over */
+    ck_assert_int_eq(idx_check(v1), 0);
+    idx_close(v1);
+    ck_assert_int_eq(idx_open(path, &v1), 0);
+    ck_assert_int_eq(idx_schema_version(v1), 2);
+    ck_assert_int_eq(idx_journal_last_seq(v1), 1);
+    idx_close(v1);
+}
+END_TEST
+
+/* A migration that fails (here: a table in the way) leaves the database as it was, at v1. */
+START_TEST(test_migrate_failure_leaves_v1_intact)
+{
+    char path[PATH_MAX];
+    idx_t *v1 = (idx_t *)&v1; /* not NULL: idx_open must clear it on failure */
+
+    make_v1_database(path, sizeof(path));
+    raw_exec_at(path, "CREATE TABLE journal (x INTEGER)");
+    ck_assert_int_eq(idx_open(path, &v1), -EIO);
+    ck_assert_ptr_null(v1);
+    ck_assert_int_eq(raw_query_at(path, "SELECT value FROM meta WHERE key = 'schema_version'"), 1);
+    ck_assert_int_eq(raw_query_at(path, "SELECT COUNT(*) FROM pragma_table_info('blocks') "
+                                        "WHERE name = 'dirty'"),
+                     0);
+    ck_assert_int_eq(raw_query_at(path, "SELECT COUNT(*) FROM blocks"), 2);
 }
 END_TEST
 
@@ -1593,6 +1801,880 @@ START_TEST(test_check_detects_orphan_row)
 }
 END_TEST
 
+/* ---- dirty blocks ---- */
+
+START_TEST(test_block_dirty_roundtrip)
+{
+    struct seen s = {0};
+    struct idx_block got;
+    int64_t a = put_file(IDX_ROOT_ID, "a", 100000);
+
+    put_dirty(a, 0, 100);
+    put_block(a, 1, 100, true);
+    ck_assert_int_eq(idx_block_get(idx, a, 0, &got), 0);
+    ck_assert(got.dirty && got.cached);
+    ck_assert_int_eq(idx_block_get(idx, a, 1, &got), 0);
+    ck_assert(!got.dirty && got.cached);
+    reopen();
+    ck_assert(block_dirty(a, 0));
+    ck_assert(!block_dirty(a, 1));
+    ck_assert_uint_eq(idx_dirty_bytes(idx), 100);
+    ck_assert_uint_eq(idx_cached_bytes(idx), 200);
+    ck_assert_int_eq(idx_blocks(idx, a, version_of(a), on_block, &s), 0);
+    ck_assert_int_eq(s.n, 2);
+}
+END_TEST
+
+static int expect_dirty_first(void *arg, const struct idx_block *b)
+{
+    (void)arg;
+    ck_assert_msg(b->dirty == (b->blkno == 0), "block %llu: expected dirty %d, got %d",
+                  (unsigned long long)b->blkno, b->blkno == 0, b->dirty);
+    return 0;
+}
+
+START_TEST(test_blocks_iterator_returns_dirty)
+{
+    int64_t a = put_file(IDX_ROOT_ID, "a", 100000);
+
+    put_dirty(a, 0, 100);
+    put_block(a, 1, 100, true);
+    ck_assert_int_eq(idx_blocks(idx, a, version_of(a), expect_dirty_first, NULL), 0);
+}
+END_TEST
+
+START_TEST(test_block_put_dirty_uncached_refused)
+{
+    int64_t a = put_file(IDX_ROOT_ID, "a", 100000);
+    struct idx_block b = mkblock(a, version_of(a), 0, 100, false), got;
+
+    b.dirty = true;
+    ck_assert_int_eq(idx_block_put(idx, &b), -EINVAL);
+    ck_assert_int_eq(idx_block_get(idx, a, 0, &got), -ENOENT);
+    ck_assert_uint_eq(idx_dirty_bytes(idx), 0);
+}
+END_TEST
+
+/* Only idx_blocks_clean makes a dirty block clean: a clean put over it is refused, a dirty one is
+ * taken (and its new length counted). */
+START_TEST(test_block_put_clean_over_dirty_refused)
+{
+    int64_t a = put_file(IDX_ROOT_ID, "a", 100000);
+    struct idx_block b = mkblock(a, version_of(a), 0, 100, true);
+
+    put_dirty(a, 0, 100);
+    ck_assert_int_eq(idx_block_put(idx, &b), -EBUSY);
+    ck_assert(block_dirty(a, 0));
+    ck_assert_uint_eq(idx_dirty_bytes(idx), 100);
+    put_dirty(a, 0, 300);
+    ck_assert(block_dirty(a, 0));
+    ck_assert_uint_eq(idx_dirty_bytes(idx), 300);
+    ck_assert_uint_eq(idx_cached_bytes(idx), 300);
+    ck_assert_int_eq(idx_check(idx), 0);
+}
+END_TEST
+
+START_TEST(test_block_uncache_dirty_refused)
+{
+    int64_t a = put_file(IDX_ROOT_ID, "a", 100000);
+
+    put_dirty(a, 0, 100);
+    put_block(a, 1, 100, true);
+    ck_assert_int_eq(idx_block_uncache(idx, a, 0), -EBUSY);
+    ck_assert(block_cached(a, 0) && block_dirty(a, 0));
+    ck_assert_int_eq(idx_block_uncache(idx, a, 1), 0);
+    ck_assert(!block_cached(a, 1));
+    ck_assert_uint_eq(idx_cached_bytes(idx), 100);
+}
+END_TEST
+
+START_TEST(test_dirty_bytes_tracks_put_clean_drop_rollback)
+{
+    int64_t a = put_file(IDX_ROOT_ID, "a", 100000), b = put_file(IDX_ROOT_ID, "b", 100000);
+
+    put_dirty(a, 0, 100);
+    put_dirty(a, 1, 200);
+    put_dirty(b, 0, 400);
+    put_block(b, 1, 800, true);
+    ck_assert_uint_eq(idx_dirty_bytes(idx), 700);
+    ck_assert_int_eq(idx_blocks_clean(idx, a, version_of(a), 1, 1, INT64_MAX), 1);
+    ck_assert_uint_eq(idx_dirty_bytes(idx), 500);
+    ck_assert_int_eq(idx_begin(idx), 0);
+    ck_assert_int_eq(idx_blocks_drop(idx, b), 0);
+    ck_assert_uint_eq(idx_dirty_bytes(idx), 100);
+    ck_assert_int_eq(idx_rollback(idx), 0);
+    ck_assert_uint_eq(idx_dirty_bytes(idx), 500);
+    ck_assert_int_eq(idx_delete(idx, b, NULL, NULL), 0);
+    ck_assert_uint_eq(idx_dirty_bytes(idx), 100);
+    reopen();
+    ck_assert_uint_eq(idx_dirty_bytes(idx), 100);
+    ck_assert_int_eq(idx_check(idx), 0);
+}
+END_TEST
+
+START_TEST(test_blocks_clean_clears_only_the_range)
+{
+    int64_t a = put_file(IDX_ROOT_ID, "a", 100000);
+    uint64_t i;
+
+    for (i = 0; i < 5; i++)
+        put_dirty(a, i, 10);
+    ck_assert_int_eq(idx_blocks_clean(idx, a, version_of(a), 1, 2, INT64_MAX), 2);
+    for (i = 0; i < 5; i++)
+        ck_assert_msg(block_dirty(a, i) == (i == 0 || i >= 3), "block %llu: expected %s",
+                      (unsigned long long)i, i == 0 || i >= 3 ? "dirty" : "clean");
+    ck_assert(block_cached(a, 1) && block_cached(a, 2));
+    ck_assert_uint_eq(idx_dirty_bytes(idx), 30);
+    ck_assert_int_eq(idx_blocks_clean(idx, a, version_of(a), 1, 2, INT64_MAX), 0); /* again */
+    ck_assert_int_eq(idx_blocks_clean(idx, a, version_of(a), 0, 0, INT64_MAX), 0); /* empty */
+    ck_assert(block_dirty(a, 0));
+    ck_assert_int_eq(idx_blocks_clean(idx, a, version_of(a), 0, UINT64_MAX, INT64_MAX), 3);
+    ck_assert_uint_eq(idx_dirty_bytes(idx), 0);
+    ck_assert_int_eq(idx_check(idx), 0);
+}
+END_TEST
+
+START_TEST(test_blocks_clean_refuses_stale_version_missing_file_bad_range)
+{
+    int64_t a = put_file(IDX_ROOT_ID, "a", 100000);
+
+    put_dirty(a, 0, 10);
+    ck_assert_int_eq(idx_blocks_clean(idx, a, version_of(a) + 1, 0, 1, INT64_MAX), -ESTALE);
+    ck_assert_int_eq(idx_blocks_clean(idx, 4242, version_of(a), 0, 1, INT64_MAX), -ENOENT);
+    ck_assert_int_eq(idx_blocks_clean(idx, a, version_of(a), (uint64_t)INT64_MAX + 1, 1, INT64_MAX),
+                     -EINVAL);
+    ck_assert(block_dirty(a, 0));
+    ck_assert_uint_eq(idx_dirty_bytes(idx), 10);
+}
+END_TEST
+
+/* The write-back race: block 0 is written (row 1), row 1 is handed out to be sent, block 0 is
+ * written again (row 2). Acknowledging row 1 must not clean block 0: its new bytes are not sent. */
+START_TEST(test_blocks_clean_keeps_block_written_after_its_row_was_handed_out)
+{
+    struct jseen js = {0};
+    int64_t a = put_file(IDX_ROOT_ID, "a", 100000), s1, s2;
+
+    put_dirty(a, 0, 10);
+    put_dirty(a, 1, 10);
+    s1 = add_write(a, "a", 0, 20);
+    ck_assert_int_eq(idx_journal_scan(idx, 0, 10, on_jentry, &js), 0);
+    ck_assert_int_eq(js.n, 1);
+    put_dirty(a, 0, 10);
+    s2 = add_write(a, "a", 0, 10);
+    ck_assert_int_gt(s2, s1);
+    ck_assert_int_eq(idx_journal_done(idx, s1), 0);
+    ck_assert_int_eq(idx_blocks_clean(idx, a, version_of(a), 0, 2, s1), 1);
+    ck_assert(block_dirty(a, 0));
+    ck_assert(!block_dirty(a, 1));
+    ck_assert_int_eq(idx_journal_scan(idx, s1, 10, on_jentry, &js), 0);
+    ck_assert_int_eq(idx_journal_done(idx, s2), 0);
+    ck_assert_int_eq(idx_blocks_clean(idx, a, version_of(a), 0, 1, s2), 1);
+    ck_assert(!block_dirty(a, 0));
+    ck_assert_uint_eq(idx_dirty_bytes(idx), 0);
+}
+END_TEST
+
+/* Twin: a block written before its row was handed out is cleaned by that row's acknowledgement,
+ * also when the write merged into a row added before it. */
+START_TEST(test_blocks_clean_after_row_handed_out_cleans_earlier_writes)
+{
+    struct jseen js = {0};
+    int64_t a = put_file(IDX_ROOT_ID, "a", 100000), s1;
+
+    s1 = add_write(a, "a", 0, 10);
+    put_dirty(a, 0, 10);
+    put_dirty(a, 1, 10);
+    ck_assert_int_eq(add_write(a, "a", 10, 10), s1); /* merged */
+    ck_assert_int_eq(idx_journal_scan(idx, 0, 10, on_jentry, &js), 0);
+    ck_assert_int_eq(idx_journal_done(idx, s1), 0);
+    ck_assert_int_eq(idx_blocks_clean(idx, a, version_of(a), 0, 2, s1), 2);
+    ck_assert_uint_eq(idx_dirty_bytes(idx), 0);
+}
+END_TEST
+
+START_TEST(test_evict_never_picks_dirty_block)
+{
+    struct seen s = {0};
+    int64_t a = put_file(IDX_ROOT_ID, "a", 1 << 20), b = put_file(IDX_ROOT_ID, "b", 1 << 20);
+
+    put_dirty(a, 0, 100); /* oldest */
+    put_block(a, 1, 100, true);
+    put_block(b, 0, 100, true);
+    put_dirty(b, 1, 100);
+    idx_pin(idx, b);
+    idx_unpin(idx, b);
+    ck_assert_int_eq(idx_evict(idx, 0, on_evicted, &s), 2);
+    ck_assert_int_eq(s.n, 2);
+    ck_assert(s.id[0] == a && s.blkno[0] == 1);
+    ck_assert(s.id[1] == b && s.blkno[1] == 0);
+    ck_assert(block_cached(a, 0) && block_dirty(a, 0));
+    ck_assert(block_cached(b, 1) && block_dirty(b, 1));
+    ck_assert_uint_eq(idx_cached_bytes(idx), 200);
+    /* once written back, they go like any other */
+    ck_assert_int_eq(idx_blocks_clean(idx, a, version_of(a), 0, 1, INT64_MAX), 1);
+    ck_assert_int_eq(idx_evict(idx, 0, on_evicted, &s), 1);
+    ck_assert(s.id[2] == a && s.blkno[2] == 0);
+    ck_assert_uint_eq(idx_cached_bytes(idx), 100);
+    ck_assert_int_eq(idx_check(idx), 0);
+}
+END_TEST
+
+/* Dirty blocks do not count towards the bytes to free: the budget is met with clean ones. */
+START_TEST(test_evict_meets_budget_with_clean_blocks_only)
+{
+    int64_t a = put_file(IDX_ROOT_ID, "a", 1 << 20);
+
+    put_dirty(a, 0, 100); /* oldest */
+    put_block(a, 1, 100, true);
+    put_block(a, 2, 100, true);
+    ck_assert_int_eq(idx_evict(idx, 100, NULL, NULL), 2);
+    ck_assert_uint_eq(idx_cached_bytes(idx), 100);
+    ck_assert(block_dirty(a, 0));
+    ck_assert(!block_cached(a, 1) && !block_cached(a, 2));
+}
+END_TEST
+
+START_TEST(test_evict_pinned_file_keeps_dirty_block_after_unpin)
+{
+    int64_t a = put_file(IDX_ROOT_ID, "a", 1 << 20);
+
+    put_dirty(a, 0, 100);
+    put_block(a, 1, 100, true);
+    idx_pin(idx, a);
+    ck_assert_int_eq(idx_evict(idx, 0, NULL, NULL), 0);
+    idx_unpin(idx, a);
+    ck_assert_int_eq(idx_evict(idx, 0, NULL, NULL), 1);
+    ck_assert(block_cached(a, 0) && !block_cached(a, 1));
+}
+END_TEST
+
+START_TEST(test_put_refuses_identity_change_with_dirty_blocks)
+{
+    struct idx_file f = mkfile(IDX_ROOT_ID, "a", S_IFREG | 0644, 100), got;
+    uint64_t v;
+
+    ck_assert_int_eq(idx_put(idx, &f), 0);
+    v = f.version;
+    put_dirty(f.id, 0, 100);
+    f.size = 200;
+    ck_assert_int_eq(idx_put(idx, &f), -EBUSY);
+    ck_assert_int_eq(idx_get(idx, f.id, &got), 0);
+    ck_assert_uint_eq(got.version, v);
+    ck_assert_uint_eq(got.size, 100);
+    ck_assert(block_dirty(f.id, 0));
+    ck_assert_uint_eq(idx_dirty_bytes(idx), 100);
+    /* an update that keeps the identity still goes through */
+    f.size = 100;
+    f.uid = 42;
+    ck_assert_int_eq(idx_put(idx, &f), 0);
+    ck_assert_int_eq(idx_get(idx, f.id, &got), 0);
+    ck_assert_uint_eq(got.uid, 42);
+    ck_assert(block_dirty(f.id, 0));
+    ck_assert_int_eq(idx_check(idx), 0);
+}
+END_TEST
+
+/* Once the dirty blocks are written back (_i == 0) or given up (_i == 1) the change goes
+ * through as before. */
+START_TEST(test_put_identity_change_after_clean_or_drop)
+{
+    struct idx_file f = mkfile(IDX_ROOT_ID, "a", S_IFREG | 0644, 100);
+    struct idx_block b;
+    uint64_t v;
+
+    ck_assert_int_eq(idx_put(idx, &f), 0);
+    v = f.version;
+    put_dirty(f.id, 0, 100);
+    if (_i == 0)
+        ck_assert_int_eq(idx_blocks_clean(idx, f.id, v, 0, 1, INT64_MAX), 1);
+    else
+        ck_assert_int_eq(idx_blocks_drop(idx, f.id), 0);
+    f.size = 200;
+    ck_assert_int_eq(idx_put(idx, &f), 1);
+    ck_assert_uint_gt(f.version, v);
+    ck_assert_int_eq(idx_block_get(idx, f.id, 0, &b), -ENOENT);
+    ck_assert_uint_eq(idx_dirty_bytes(idx), 0);
+    ck_assert_uint_eq(idx_cached_bytes(idx), 0);
+}
+END_TEST
+
+START_TEST(test_put_dir_to_file_refused_with_dirty_descendant)
+{
+    struct idx_file d = mkfile(IDX_ROOT_ID, "d", S_IFDIR | 0755, 4096), got;
+    int64_t sub, a;
+
+    ck_assert_int_eq(idx_put(idx, &d), 0);
+    sub = put_dir(d.id, "sub");
+    a = put_file(sub, "a", 10);
+    put_dirty(a, 0, 10);
+    d.mode = S_IFREG | 0644;
+    ck_assert_int_eq(idx_put(idx, &d), -EBUSY);
+    ck_assert_int_eq(idx_get(idx, a, &got), 0);
+    ck_assert(block_dirty(a, 0));
+    ck_assert_int_eq(idx_get(idx, d.id, &got), 0);
+    ck_assert(S_ISDIR(got.mode));
+}
+END_TEST
+
+START_TEST(test_put_keep_version_keeps_version_blocks_and_link)
+{
+    struct idx_file f = mkfile(IDX_ROOT_ID, "a", S_IFREG | 0644, 100), got;
+    struct idx_file l = mkfile(IDX_ROOT_ID, "l", S_IFLNK | 0777, 3);
+    char buf[16];
+    uint64_t v;
+
+    ck_assert_int_eq(idx_put(idx, &f), 0);
+    v = f.version;
+    put_dirty(f.id, 0, 100);
+    put_block(f.id, 1, 50, true);
+    f.size = 150;
+    f.mtime_ns = 99;
+    ck_assert_int_eq(idx_put_keep_version(idx, &f), 0);
+    ck_assert_uint_eq(f.version, v);
+    ck_assert_int_eq(idx_get(idx, f.id, &got), 0);
+    ck_assert_uint_eq(got.version, v);
+    ck_assert_uint_eq(got.size, 150);
+    ck_assert_int_eq(got.mtime_ns, 99);
+    ck_assert(block_dirty(f.id, 0));
+    ck_assert(block_cached(f.id, 1));
+    ck_assert_uint_eq(idx_cached_bytes(idx), 150);
+
+    ck_assert_int_eq(idx_put(idx, &l), 0);
+    ck_assert_int_eq(idx_set_link(idx, l.id, "abc"), 0);
+    l.size = 4;
+    ck_assert_int_eq(idx_put_keep_version(idx, &l), 0);
+    ck_assert_int_eq(idx_get_link(idx, l.id, buf, sizeof(buf)), 0);
+    ck_assert_str_eq(buf, "abc");
+    ck_assert_int_eq(idx_check(idx), 0);
+}
+END_TEST
+
+START_TEST(test_put_keep_version_refuses_type_change)
+{
+    struct idx_file f = mkfile(IDX_ROOT_ID, "a", S_IFREG | 0644, 100), got;
+
+    ck_assert_int_eq(idx_put(idx, &f), 0);
+    f.mode = S_IFDIR | 0755;
+    ck_assert_int_eq(idx_put_keep_version(idx, &f), -EINVAL);
+    ck_assert_int_eq(idx_get(idx, f.id, &got), 0);
+    ck_assert(S_ISREG(got.mode));
+}
+END_TEST
+
+START_TEST(test_put_keep_version_new_row_gets_fresh_version)
+{
+    struct idx_file a = mkfile(IDX_ROOT_ID, "a", S_IFREG | 0644, 1);
+    struct idx_file b = mkfile(IDX_ROOT_ID, "b", S_IFREG | 0644, 1);
+
+    ck_assert_int_eq(idx_put(idx, &a), 0);
+    ck_assert_int_eq(idx_put_keep_version(idx, &b), 0);
+    ck_assert_int_gt(b.id, a.id);
+    ck_assert_uint_gt(b.version, a.version);
+    ck_assert_uint_eq(version_of(b.id), b.version);
+}
+END_TEST
+
+START_TEST(test_check_detects_dirty_uncached_block)
+{
+    int64_t a = put_file(IDX_ROOT_ID, "a", 100000);
+
+    put_dirty(a, 0, 10);
+    ck_assert_int_eq(idx_check(idx), 0);
+    raw_exec("UPDATE blocks SET cached = 0");
+    reopen(); /* recompute the cached total: only the dirty rule is broken */
+    ck_assert_int_eq(idx_check(idx), -EIO);
+}
+END_TEST
+
+START_TEST(test_check_detects_dirty_total_drift)
+{
+    int64_t a = put_file(IDX_ROOT_ID, "a", 100000);
+
+    put_dirty(a, 0, 10);
+    raw_exec("UPDATE blocks SET dirty = 0");
+    ck_assert_int_eq(idx_check(idx), -EIO);
+}
+END_TEST
+
+/* ---- journal ---- */
+
+START_TEST(test_journal_add_scan_roundtrip)
+{
+    struct idx_jentry r = mkj(IDX_J_RENAME, 5, "dir/old name");
+    struct idx_jentry a = mkj(IDX_J_SETATTR, 6, "dir/f");
+    struct jseen js = {0};
+    const struct idx_jentry *g;
+
+    snprintf(r.path2, sizeof(r.path2), "other/new name");
+    r.flags = 1;
+    a.valid = IDX_J_SET_MODE | IDX_J_SET_SIZE | IDX_J_SET_ATIME | IDX_J_SET_MTIME;
+    a.mode = 0640;
+    a.size = (uint64_t)INT64_MAX;
+    a.atime_ns = -5;
+    a.mtime_ns = 1700000000123456789;
+    ck_assert_int_eq(idx_journal_add(idx, &r), 0);
+    ck_assert_int_eq(idx_journal_add(idx, &a), 0);
+    ck_assert_int_eq(r.seq, 1);
+    ck_assert_int_eq(a.seq, 2);
+    ck_assert_int_eq(idx_journal_last_seq(idx), 2);
+    ck_assert_int_eq(idx_journal_scan(idx, 0, 10, on_jentry, &js), 0);
+    ck_assert_int_eq(js.n, 2);
+    g = &js.whole[0];
+    ck_assert_int_eq(g->seq, 1);
+    ck_assert_int_eq(g->kind, IDX_J_RENAME);
+    ck_assert_int_eq(g->file, 5);
+    ck_assert_str_eq(g->path, "dir/old name");
+    ck_assert_str_eq(g->path2, "other/new name");
+    ck_assert_uint_eq(g->flags, 1);
+    g = &js.whole[1];
+    ck_assert_int_eq(g->kind, IDX_J_SETATTR);
+    ck_assert_str_eq(g->path2, "");
+    ck_assert_uint_eq(g->valid, a.valid);
+    ck_assert_uint_eq(g->mode, 0640);
+    ck_assert_uint_eq(g->size, (uint64_t)INT64_MAX);
+    ck_assert_int_eq(g->atime_ns, -5);
+    ck_assert_int_eq(g->mtime_ns, 1700000000123456789);
+    ck_assert_int_eq(idx_check(idx), 0);
+}
+END_TEST
+
+/* Touching (_i == 0), overlapping (_i == 1) and contained (_i == 2) writes extend the last row. */
+START_TEST(test_journal_write_merges_with_last_row)
+{
+    static const uint64_t off[] = {100, 50, 20}, len[] = {50, 100, 10};
+    static const uint64_t want_off[] = {0, 0, 0}, want_len[] = {150, 150, 100};
+    struct jseen js = {0};
+    int64_t s1;
+
+    s1 = add_write(7, "f", 0, 100);
+    ck_assert_int_eq(add_write(7, "f", off[_i], len[_i]), s1);
+    ck_assert_int_eq(idx_journal_last_seq(idx), s1);
+    ck_assert_int_eq(idx_journal_scan(idx, 0, 10, on_jentry, &js), 0);
+    ck_assert_int_eq(js.n, 1);
+    ck_assert_uint_eq(js.off[0], want_off[_i]);
+    ck_assert_uint_eq(js.len[0], want_len[_i]);
+}
+END_TEST
+
+/* Twins: a gap (_i == 0), another file (_i == 1), another path of the file (_i == 2) or a last
+ * row that is not a WRITE (_i == 3) make a row of its own. */
+START_TEST(test_journal_write_not_merged)
+{
+    struct jseen js = {0};
+    int64_t s1, s2;
+
+    s1 = _i == 3 ? add_op(IDX_J_CREATE, 7, "f") : add_write(7, "f", 0, 100);
+    s2 = add_write(_i == 1 ? 8 : 7, _i == 2 ? "g" : "f", _i == 0 ? 101 : 100, 10);
+    ck_assert_int_eq(s2, s1 + 1);
+    ck_assert_int_eq(idx_journal_scan(idx, 0, 10, on_jentry, &js), 0);
+    ck_assert_int_eq(js.n, 2);
+    ck_assert_uint_eq(js.len[1], 10);
+}
+END_TEST
+
+/* Causal order: WRITE, RENAME, WRITE of the same file and range stays three rows. */
+START_TEST(test_journal_write_never_merges_across_another_operation)
+{
+    struct jseen js = {0};
+    int64_t s1, s2, s3;
+
+    s1 = add_write(7, "f", 0, 100);
+    s2 = add_op(IDX_J_RENAME, 7, "f");
+    s3 = add_write(7, "f", 100, 100);
+    ck_assert(s1 < s2 && s2 < s3);
+    ck_assert_int_eq(idx_journal_scan(idx, 0, 10, on_jentry, &js), 0);
+    ck_assert_int_eq(js.n, 3);
+    ck_assert_int_eq(js.kind[1], IDX_J_RENAME);
+    ck_assert_uint_eq(js.off[2], 100);
+}
+END_TEST
+
+/* The last row is done (acknowledged, removed): the write before it is no longer the last row. */
+START_TEST(test_journal_write_never_merges_past_a_done_row)
+{
+    int64_t s1, s2, s3;
+
+    s1 = add_write(7, "f", 0, 100);
+    s2 = add_op(IDX_J_RENAME, 7, "f");
+    ck_assert_int_eq(idx_journal_done(idx, s2), 0);
+    s3 = add_write(7, "f", 100, 100);
+    ck_assert_int_gt(s3, s2);
+    ck_assert_int_eq(journal_rows(), 2);
+    ck_assert_int_eq(raw_query("SELECT len FROM journal WHERE seq = 1"), 100);
+    (void)s1;
+}
+END_TEST
+
+START_TEST(test_journal_write_never_extends_handed_out_row)
+{
+    struct jseen js = {0};
+    int64_t s1, s2;
+
+    s1 = add_write(7, "f", 0, 100);
+    ck_assert_int_eq(idx_journal_scan(idx, 0, 10, on_jentry, &js), 0);
+    s2 = add_write(7, "f", 100, 100);
+    ck_assert_int_eq(s2, s1 + 1);
+    ck_assert_int_eq(raw_query("SELECT len FROM journal WHERE seq = 1"), 100);
+}
+END_TEST
+
+#define MANY_ROWS 40 /* more than two pages of the journal iterator */
+
+START_TEST(test_journal_scan_pages_in_order_within_max)
+{
+    struct jseen js = {0};
+    int i;
+
+    for (i = 0; i < MANY_ROWS; i++)
+        ck_assert_int_eq(add_op(i % 2 ? IDX_J_CREATE : IDX_J_UNLINK, i + 1, "x"), i + 1);
+    ck_assert_int_eq(idx_journal_scan(idx, 0, 1000, on_jentry, &js), 0);
+    ck_assert_int_eq(js.n, MANY_ROWS);
+    for (i = 0; i < MANY_ROWS; i++) {
+        ck_assert_int_eq(js.seq[i], i + 1);
+        ck_assert_int_eq(js.file[i], i + 1);
+    }
+    js.n = 0;
+    ck_assert_int_eq(idx_journal_scan(idx, 10, 20, on_jentry, &js), 0);
+    ck_assert_int_eq(js.n, 20);
+    ck_assert_int_eq(js.seq[0], 11);
+    ck_assert_int_eq(js.seq[19], 30);
+    js.n = 0;
+    ck_assert_int_eq(idx_journal_scan(idx, 0, 0, on_jentry, &js), 0);
+    ck_assert_int_eq(idx_journal_scan(idx, MANY_ROWS, 10, on_jentry, &js), 0);
+    ck_assert_int_eq(js.n, 0);
+}
+END_TEST
+
+static int stop_jentry(void *arg, const struct idx_jentry *e)
+{
+    (void)arg;
+    return e->seq == 2 ? -7 : 0;
+}
+
+START_TEST(test_journal_scan_stop_value_returned)
+{
+    add_op(IDX_J_MKDIR, 1, "a");
+    add_op(IDX_J_MKDIR, 1, "b");
+    add_op(IDX_J_MKDIR, 1, "c");
+    ck_assert_int_eq(idx_journal_scan(idx, 0, 10, stop_jentry, NULL), -7);
+}
+END_TEST
+
+START_TEST(test_journal_scan_callback_may_call_index)
+{
+    struct jseen js = {.done_each = 1};
+    int i;
+
+    for (i = 0; i < MANY_ROWS; i++)
+        add_op(IDX_J_FSYNC, 1, "f");
+    ck_assert_int_eq(idx_journal_scan(idx, 0, 1000, on_jentry, &js), 0);
+    ck_assert_int_eq(js.n, MANY_ROWS);
+    ck_assert_int_eq(journal_rows(), 0);
+}
+END_TEST
+
+/* Rows of an open batch are not committed: the sender must not see them. */
+START_TEST(test_journal_scan_in_batch_is_ebusy)
+{
+    struct jseen js = {0};
+
+    add_op(IDX_J_MKDIR, 1, "a");
+    ck_assert_int_eq(idx_begin(idx), 0);
+    add_op(IDX_J_MKDIR, 1, "b");
+    ck_assert_int_eq(idx_journal_scan(idx, 0, 10, on_jentry, &js), -EBUSY);
+    ck_assert_int_eq(js.n, 0);
+    ck_assert_int_eq(idx_commit(idx), 0);
+    ck_assert_int_eq(idx_journal_scan(idx, 0, 10, on_jentry, &js), 0);
+    ck_assert_int_eq(js.n, 2);
+}
+END_TEST
+
+START_TEST(test_journal_done_removes_row)
+{
+    struct jseen js = {0};
+    int64_t s1 = add_op(IDX_J_MKDIR, 1, "a"), s2 = add_op(IDX_J_MKDIR, 1, "b");
+
+    ck_assert_int_eq(idx_journal_done(idx, s1), 0);
+    ck_assert_int_eq(idx_journal_scan(idx, 0, 10, on_jentry, &js), 0);
+    ck_assert_int_eq(js.n, 1);
+    ck_assert_int_eq(js.seq[0], s2);
+}
+END_TEST
+
+START_TEST(test_journal_done_missing_is_enoent)
+{
+    int64_t s1 = add_op(IDX_J_MKDIR, 1, "a");
+
+    ck_assert_int_eq(idx_journal_done(idx, s1 + 1), -ENOENT);
+    ck_assert_int_eq(idx_journal_done(idx, s1), 0);
+    ck_assert_int_eq(idx_journal_done(idx, s1), -ENOENT);
+}
+END_TEST
+
+START_TEST(test_journal_count_by_file_and_seq)
+{
+    uint64_t n = 99;
+
+    add_op(IDX_J_CREATE, 5, "a"); /* 1 */
+    add_op(IDX_J_CREATE, 6, "b"); /* 2 */
+    add_write(5, "a", 0, 10);     /* 3 */
+    add_op(IDX_J_FSYNC, 5, "a");  /* 4 */
+    add_op(IDX_J_MKDIR, 0, "d");  /* 5 */
+    ck_assert_int_eq(idx_journal_count(idx, 5, INT64_MAX, &n), 0);
+    ck_assert_uint_eq(n, 3);
+    ck_assert_int_eq(idx_journal_count(idx, 5, 3, &n), 0);
+    ck_assert_uint_eq(n, 2);
+    ck_assert_int_eq(idx_journal_count(idx, 6, 1, &n), 0);
+    ck_assert_uint_eq(n, 0);
+    ck_assert_int_eq(idx_journal_count(idx, 0, 4, &n), 0);
+    ck_assert_uint_eq(n, 4);
+    ck_assert_int_eq(idx_journal_count(idx, 0, INT64_MAX, &n), 0);
+    ck_assert_uint_eq(n, 5);
+    ck_assert_int_eq(idx_journal_count(idx, 4242, INT64_MAX, &n), 0);
+    ck_assert_uint_eq(n, 0);
+    ck_assert_int_eq(idx_journal_count(idx, -1, INT64_MAX, &n), -EINVAL);
+}
+END_TEST
+
+START_TEST(test_journal_seq_increases_across_reopen_when_emptied)
+{
+    int64_t s;
+
+    ck_assert_int_eq(idx_journal_last_seq(idx), 0);
+    add_op(IDX_J_MKDIR, 1, "a");
+    add_op(IDX_J_MKDIR, 1, "b");
+    s = add_op(IDX_J_MKDIR, 1, "c");
+    ck_assert_int_eq(idx_journal_done(idx, 1), 0);
+    ck_assert_int_eq(idx_journal_done(idx, 2), 0);
+    ck_assert_int_eq(idx_journal_done(idx, 3), 0);
+    ck_assert_int_eq(journal_rows(), 0);
+    reopen();
+    ck_assert_int_eq(idx_journal_last_seq(idx), s);
+    ck_assert_int_eq(add_op(IDX_J_MKDIR, 1, "d"), s + 1);
+    ck_assert_int_eq(idx_journal_last_seq(idx), s + 1);
+}
+END_TEST
+
+START_TEST(test_journal_rollback_removes_row_and_change)
+{
+    struct idx_file f = mkfile(IDX_ROOT_ID, "new", S_IFREG | 0644, 10), got;
+    struct idx_jentry e = mkj(IDX_J_CREATE, 0, "new");
+
+    add_op(IDX_J_MKDIR, 1, "before");
+    ck_assert_int_eq(idx_begin(idx), 0);
+    ck_assert_int_eq(idx_put(idx, &f), 0);
+    e.file = f.id;
+    ck_assert_int_eq(idx_journal_add(idx, &e), 0);
+    ck_assert_int_eq(e.seq, 2);
+    ck_assert_int_eq(idx_rollback(idx), 0);
+    ck_assert_int_eq(idx_lookup(idx, IDX_ROOT_ID, "new", &got), -ENOENT);
+    ck_assert_int_eq(journal_rows(), 1);
+    ck_assert_int_eq(idx_journal_last_seq(idx), 1);
+    ck_assert_int_eq(idx_check(idx), 0);
+}
+END_TEST
+
+START_TEST(test_journal_commit_keeps_row_and_change)
+{
+    struct idx_file f = mkfile(IDX_ROOT_ID, "new", S_IFREG | 0644, 10), got;
+    struct idx_jentry e = mkj(IDX_J_CREATE, 0, "new");
+
+    ck_assert_int_eq(idx_begin(idx), 0);
+    ck_assert_int_eq(idx_put(idx, &f), 0);
+    e.file = f.id;
+    ck_assert_int_eq(idx_journal_add(idx, &e), 0);
+    ck_assert_int_eq(journal_rows(), 0); /* not committed yet */
+    ck_assert_int_eq(idx_commit(idx), 0);
+    ck_assert_int_eq(idx_lookup(idx, IDX_ROOT_ID, "new", &got), 0);
+    ck_assert_int_eq(raw_query("SELECT file FROM journal WHERE seq = 1"), f.id);
+}
+END_TEST
+
+#define CRASH_JROWS 500
+
+/* The child changes rows, dirty blocks and the journal in one batch and dies before committing:
+ * by SIGKILL (_i == 0) or by _exit (_i == 1). */
+START_TEST(test_journal_crash_mid_batch_leaves_neither)
+{
+    struct idx_file f;
+    int64_t kept;
+    pid_t pid;
+    int status, i;
+
+    kept = put_file(IDX_ROOT_ID, "kept", 4096);
+    put_dirty(kept, 0, 4096);
+    add_write(kept, "kept", 0, 4096);
+    idx_close(idx);
+    idx = NULL;
+
+    pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        idx_t *c;
+
+        if (idx_open(db_path, &c) != 0 || idx_begin(c) != 0)
+            _exit(2);
+        for (i = 0; i < CRASH_JROWS; i++) {
+            struct idx_file g;
+            struct idx_block b;
+            struct idx_jentry e;
+
+            g = mkfile(IDX_ROOT_ID, "x", S_IFREG | 0644, 4096);
+            snprintf(g.name, sizeof(g.name), "lost%d", i);
+            if (idx_put(c, &g) != 0)
+                _exit(3);
+            b = mkblock(g.id, g.version, 0, 4096, true);
+            b.dirty = true;
+            e = mkj(IDX_J_CREATE, g.id, g.name);
+            if (idx_block_put(c, &b) != 0 || idx_journal_add(c, &e) != 0)
+                _exit(4);
+        }
+        if (_i == 0)
+            kill(getpid(), SIGKILL);
+        _exit(0);
+    }
+    ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+    if (_i == 0)
+        ck_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+    else
+        ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+
+    ck_assert_int_eq(idx_open(db_path, &idx), 0);
+    ck_assert_int_eq(idx_check(idx), 0);
+    ck_assert_int_eq(idx_lookup(idx, IDX_ROOT_ID, "lost0", &f), -ENOENT);
+    ck_assert_int_eq(raw_query("SELECT COUNT(*) FROM files"), 2);
+    ck_assert_int_eq(journal_rows(), 1);
+    ck_assert_int_eq(idx_journal_last_seq(idx), 1);
+    ck_assert(block_dirty(kept, 0));
+    ck_assert_uint_eq(idx_dirty_bytes(idx), 4096);
+    ck_assert_int_eq(add_op(IDX_J_FSYNC, kept, "kept"), 2);
+}
+END_TEST
+
+START_TEST(test_journal_path_max_accepted)
+{
+    struct idx_jentry e = mkj(IDX_J_SYMLINK, 1, "");
+    struct jseen js = {0};
+
+    memset(e.path, 'p', IDX_PATH_MAX - 1);
+    memset(e.path2, 't', IDX_PATH_MAX - 1);
+    ck_assert_int_eq(idx_journal_add(idx, &e), 0);
+    ck_assert_int_eq(idx_journal_scan(idx, 0, 10, on_jentry, &js), 0);
+    ck_assert_uint_eq(strlen(js.whole[0].path), IDX_PATH_MAX - 1);
+    ck_assert_uint_eq(strlen(js.whole[0].path2), IDX_PATH_MAX - 1);
+    ck_assert_mem_eq(js.whole[0].path, e.path, IDX_PATH_MAX);
+}
+END_TEST
+
+/* A path (_i == 0) or path2 (_i == 1) with no NUL in IDX_PATH_MAX bytes. */
+START_TEST(test_journal_path_too_long_refused)
+{
+    struct idx_jentry e = mkj(IDX_J_RENAME, 1, "a");
+
+    snprintf(e.path2, sizeof(e.path2), "b");
+    memset(_i == 0 ? e.path : e.path2, 'x', IDX_PATH_MAX);
+    e.seq = -3;
+    ck_assert_int_eq(idx_journal_add(idx, &e), -ENAMETOOLONG);
+    ck_assert_int_eq(e.seq, -3);
+    ck_assert_int_eq(idx_journal_last_seq(idx), 0);
+}
+END_TEST
+
+/* Unknown kinds (0, one past the last), unknown SETATTR bits, a WRITE range past INT64_MAX, a
+ * size past INT64_MAX, a negative file. */
+START_TEST(test_journal_bad_entry_refused)
+{
+    struct idx_jentry e = mkj(IDX_J_WRITE, 1, "a");
+
+    switch (_i) {
+    case 0:
+        e.kind = (enum idx_jkind)0;
+        break;
+    case 1:
+        e.kind = (enum idx_jkind)(IDX_J_FSYNC + 1);
+        break;
+    case 2:
+        e.kind = IDX_J_SETATTR;
+        e.valid = 0x10;
+        break;
+    case 3:
+        e.off = (uint64_t)INT64_MAX;
+        e.len = 1;
+        break;
+    case 4:
+        e.kind = IDX_J_SETATTR;
+        e.size = (uint64_t)INT64_MAX + 1;
+        break;
+    default:
+        e.file = -1;
+        break;
+    }
+    ck_assert_int_eq(idx_journal_add(idx, &e), -EINVAL);
+    ck_assert_int_eq(idx_journal_last_seq(idx), 0);
+    ck_assert_int_eq(journal_rows(), 0);
+}
+END_TEST
+
+/* A failed append (a trigger refuses it) inside a batch leaves e->seq as it was and the batch
+ * going: the rows before and after it commit. */
+START_TEST(test_journal_failed_add_keeps_batch_and_seq)
+{
+    struct idx_jentry e = mkj(IDX_J_MKDIR, 1, "refused");
+
+    raw_exec("CREATE TRIGGER fail BEFORE INSERT ON journal WHEN new.path = 'refused' "
+             "BEGIN SELECT RAISE(ABORT, 'injected failure'); END");
+    ck_assert_int_eq(idx_begin(idx), 0);
+    add_op(IDX_J_MKDIR, 1, "before");
+    e.seq = -3;
+    ck_assert_int_eq(idx_journal_add(idx, &e), -EIO);
+    ck_assert_int_eq(e.seq, -3);
+    add_op(IDX_J_MKDIR, 1, "after");
+    ck_assert_int_eq(idx_commit(idx), 0);
+    ck_assert_int_eq(journal_rows(), 2);
+    ck_assert_int_eq(raw_query("SELECT COUNT(*) FROM journal WHERE path = 'refused'"), 0);
+}
+END_TEST
+
+/* The commit of an append made outside a batch fails (a deferred foreign key the append's trigger
+ * broke): neither the row nor a seq is left. */
+START_TEST(test_journal_failed_commit_leaves_no_row_nor_seq)
+{
+    struct idx_jentry e = mkj(IDX_J_MKDIR, 1, "vetoed");
+
+    raw_exec("CREATE TABLE veto (x INTEGER REFERENCES files (id) DEFERRABLE INITIALLY DEFERRED);"
+             "CREATE TRIGGER veto AFTER INSERT ON journal WHEN new.path = 'vetoed' "
+             "BEGIN INSERT INTO veto VALUES (999999); END");
+    reopen(); /* prepared statements see the trigger */
+    e.seq = -3;
+    ck_assert_int_eq(idx_journal_add(idx, &e), -EIO);
+    ck_assert_int_eq(e.seq, -3);
+    ck_assert_int_eq(journal_rows(), 0);
+    ck_assert_int_eq(idx_journal_last_seq(idx), 0);
+    ck_assert_int_eq(add_op(IDX_J_MKDIR, 1, "next"), 1);
+}
+END_TEST
+
+START_TEST(test_check_detects_bad_journal_kind)
+{
+    add_op(IDX_J_MKDIR, 1, "a");
+    ck_assert_int_eq(idx_check(idx), 0);
+    raw_exec("UPDATE journal SET kind = 99");
+    ck_assert_int_eq(idx_check(idx), -EIO);
+}
+END_TEST
+
+START_TEST(test_journal_scan_refuses_corrupt_row)
+{
+    struct jseen js = {0};
+
+    add_op(IDX_J_MKDIR, 1, "a");
+    raw_exec("UPDATE journal SET len = -1");
+    ck_assert_int_eq(idx_journal_scan(idx, 0, 10, on_jentry, &js), -EIO);
+    ck_assert_int_eq(js.n, 0);
+}
+END_TEST
+
 /* ---- threads ---- */
 
 #define THREADS    4
@@ -1660,6 +2742,8 @@ static Suite *index_suite(void)
     tcase_add_test(tc, test_schema_version_is_current);
     tcase_add_test(tc, test_schema_newer_refused);
     tcase_add_test(tc, test_schema_garbage_version_refused);
+    tcase_add_test(tc, test_migrate_v1_database_in_place);
+    tcase_add_test(tc, test_migrate_failure_leaves_v1_intact);
     tcase_add_test(tc, test_reopen_keeps_rows_and_cached_total);
 
     tc = tcase(s, "batch");
@@ -1753,6 +2837,55 @@ static Suite *index_suite(void)
     tcase_add_test(tc, test_check_detects_stale_block);
     tcase_add_test(tc, test_check_detects_cached_total_drift);
     tcase_add_test(tc, test_check_detects_orphan_row);
+
+    tc = tcase(s, "dirty");
+    tcase_add_test(tc, test_block_dirty_roundtrip);
+    tcase_add_test(tc, test_blocks_iterator_returns_dirty);
+    tcase_add_test(tc, test_block_put_dirty_uncached_refused);
+    tcase_add_test(tc, test_block_put_clean_over_dirty_refused);
+    tcase_add_test(tc, test_block_uncache_dirty_refused);
+    tcase_add_test(tc, test_dirty_bytes_tracks_put_clean_drop_rollback);
+    tcase_add_test(tc, test_blocks_clean_clears_only_the_range);
+    tcase_add_test(tc, test_blocks_clean_refuses_stale_version_missing_file_bad_range);
+    tcase_add_test(tc, test_blocks_clean_keeps_block_written_after_its_row_was_handed_out);
+    tcase_add_test(tc, test_blocks_clean_after_row_handed_out_cleans_earlier_writes);
+    tcase_add_test(tc, test_evict_never_picks_dirty_block);
+    tcase_add_test(tc, test_evict_meets_budget_with_clean_blocks_only);
+    tcase_add_test(tc, test_evict_pinned_file_keeps_dirty_block_after_unpin);
+    tcase_add_test(tc, test_put_refuses_identity_change_with_dirty_blocks);
+    tcase_add_loop_test(tc, test_put_identity_change_after_clean_or_drop, 0, 2);
+    tcase_add_test(tc, test_put_dir_to_file_refused_with_dirty_descendant);
+    tcase_add_test(tc, test_put_keep_version_keeps_version_blocks_and_link);
+    tcase_add_test(tc, test_put_keep_version_refuses_type_change);
+    tcase_add_test(tc, test_put_keep_version_new_row_gets_fresh_version);
+    tcase_add_test(tc, test_check_detects_dirty_uncached_block);
+    tcase_add_test(tc, test_check_detects_dirty_total_drift);
+
+    tc = tcase(s, "journal");
+    tcase_add_test(tc, test_journal_add_scan_roundtrip);
+    tcase_add_loop_test(tc, test_journal_write_merges_with_last_row, 0, 3);
+    tcase_add_loop_test(tc, test_journal_write_not_merged, 0, 4);
+    tcase_add_test(tc, test_journal_write_never_merges_across_another_operation);
+    tcase_add_test(tc, test_journal_write_never_merges_past_a_done_row);
+    tcase_add_test(tc, test_journal_write_never_extends_handed_out_row);
+    tcase_add_test(tc, test_journal_scan_pages_in_order_within_max);
+    tcase_add_test(tc, test_journal_scan_stop_value_returned);
+    tcase_add_test(tc, test_journal_scan_callback_may_call_index);
+    tcase_add_test(tc, test_journal_scan_in_batch_is_ebusy);
+    tcase_add_test(tc, test_journal_scan_refuses_corrupt_row);
+    tcase_add_test(tc, test_journal_done_removes_row);
+    tcase_add_test(tc, test_journal_done_missing_is_enoent);
+    tcase_add_test(tc, test_journal_count_by_file_and_seq);
+    tcase_add_test(tc, test_journal_seq_increases_across_reopen_when_emptied);
+    tcase_add_test(tc, test_journal_rollback_removes_row_and_change);
+    tcase_add_test(tc, test_journal_commit_keeps_row_and_change);
+    tcase_add_loop_test(tc, test_journal_crash_mid_batch_leaves_neither, 0, 2);
+    tcase_add_test(tc, test_journal_path_max_accepted);
+    tcase_add_loop_test(tc, test_journal_path_too_long_refused, 0, 2);
+    tcase_add_loop_test(tc, test_journal_bad_entry_refused, 0, 6);
+    tcase_add_test(tc, test_journal_failed_add_keeps_batch_and_seq);
+    tcase_add_test(tc, test_journal_failed_commit_leaves_no_row_nor_seq);
+    tcase_add_test(tc, test_check_detects_bad_journal_kind);
 
     tc = tcase(s, "threads");
     tcase_add_test(tc, test_concurrent_writers_from_threads);
