@@ -129,6 +129,7 @@ enum stmt {
     S_SUBTREE_DIRTY,
     S_FILE_BLOCK_SUMS,
     S_BLOCKS_DROP,
+    S_BLOCKS_TRUNCATE,
     S_BLOCK_GET,
     S_BLOCK_PUT,
     S_BLOCK_UNCACHE,
@@ -209,6 +210,8 @@ static const struct {
                            "COALESCE(SUM(CASE WHEN dirty != 0 THEN len END), 0) "
                            "FROM blocks WHERE file = ?1"},
     [S_BLOCKS_DROP] = {"drop blocks of file", "DELETE FROM blocks WHERE file = ?1"},
+    [S_BLOCKS_TRUNCATE] = {"drop blocks of file from",
+                           "DELETE FROM blocks WHERE file = ?1 AND blkno >= ?2"},
     [S_BLOCK_GET] = {"read block row",
                      "SELECT " BLOCK_COLS " FROM blocks WHERE file = ?1 AND blkno = ?2"},
     [S_BLOCK_PUT] = {"write block row",
@@ -1575,6 +1578,29 @@ int idx_block_uncache(idx_t *idx, int64_t file, uint64_t blkno)
     }
     r = op_end(idx, r);
 out:
+    pthread_mutex_unlock(&idx->lock);
+    return r;
+}
+
+int idx_blocks_truncate(idx_t *idx, int64_t file, uint64_t from)
+{
+    int64_t cached, dirty;
+    int r;
+
+    if (from > INT64_MAX)
+        return -EINVAL;
+    pthread_mutex_lock(&idx->lock);
+    if ((r = op_begin(idx)) == 0) {
+        sqlite3_bind_int64(idx->st[S_BLOCKS_TRUNCATE], 1, file);
+        sqlite3_bind_int64(idx->st[S_BLOCKS_TRUNCATE], 2, (int64_t)from);
+        if ((r = exec(idx, S_BLOCKS_TRUNCATE)) == 0 &&
+            (r = query_i64(idx, S_CACHED_SUM, &cached)) == 0 &&
+            (r = query_i64(idx, S_DIRTY_SUM, &dirty)) == 0) {
+            idx->cached = (uint64_t)cached;
+            idx->dirty = (uint64_t)dirty;
+        }
+        r = op_end(idx, r);
+    }
     pthread_mutex_unlock(&idx->lock);
     return r;
 }

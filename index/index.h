@@ -164,6 +164,9 @@ int idx_block_put(idx_t *idx, const struct idx_block *b);
 int idx_block_get(idx_t *idx, int64_t file, uint64_t blkno, struct idx_block *out);
 /* Mark one block not cached (its hash row stays). A dirty block is refused (-EBUSY). */
 int idx_block_uncache(idx_t *idx, int64_t file, uint64_t blkno);
+/* Delete the block rows of a file from block 'from' on, dirty or not (a truncation made through
+ * the mount: those bytes no longer exist). -EINVAL for 'from' over INT64_MAX. */
+int idx_blocks_truncate(idx_t *idx, int64_t file, uint64_t from);
 /* Delete every block row of a file, dirty ones included (the caller gives up local writes).
  * idx_delete, idx_rename over a row and idx_prune_children drop dirty blocks the same way: they are
  * explicit deletions, so a caller must not prune rows whose creation is still in the journal. */

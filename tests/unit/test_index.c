@@ -1186,6 +1186,23 @@ START_TEST(test_children_callback_may_call_index)
 }
 END_TEST
 
+START_TEST(test_blocks_truncate_drops_from_block_and_keeps_totals)
+{
+    struct idx_block b;
+    int64_t a = put_file(IDX_ROOT_ID, "a", 4 * 65536);
+
+    for (uint64_t i = 0; i < 4; i++)
+        put_block(a, i, 65536, true);
+    ck_assert_int_eq(idx_blocks_truncate(idx, a, 2), 0);
+    ck_assert_int_eq(idx_block_get(idx, a, 1, &b), 0);
+    ck_assert_int_eq(idx_block_get(idx, a, 2, &b), -ENOENT);
+    ck_assert_int_eq(idx_block_get(idx, a, 3, &b), -ENOENT);
+    ck_assert_uint_eq(idx_cached_bytes(idx), 2 * 65536);
+    ck_assert_int_eq(idx_blocks_truncate(idx, a, (uint64_t)INT64_MAX + 1), -EINVAL);
+    ck_assert_int_eq(idx_check(idx), 0);
+}
+END_TEST
+
 /* ---- resolve ---- */
 
 START_TEST(test_resolve_walks_paths_from_the_root)
@@ -2796,6 +2813,7 @@ static Suite *index_suite(void)
     tcase_add_test(tc, test_delete_missing_is_enoent);
     tcase_add_test(tc, test_delete_root_refused);
     tcase_add_test(tc, test_resolve_walks_paths_from_the_root);
+    tcase_add_test(tc, test_blocks_truncate_drops_from_block_and_keeps_totals);
     tcase_add_test(tc, test_rename_moves_subtree_keeping_ids_and_blocks);
     tcase_add_test(tc, test_rename_replaces_target_and_calls_gone);
     tcase_add_test(tc, test_rename_refuses_beneath_itself_root_and_bad_names);
