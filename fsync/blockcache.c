@@ -14,6 +14,14 @@ static void cache_path(const char *dir, int64_t id, uint64_t version, char *out,
     snprintf(out, len, "%s/data/%" PRId64 ".%" PRIu64, dir, id, version);
 }
 
+int fs_cache_open_ro(const char *dir, int64_t id, uint64_t version)
+{
+    char path[4096];
+    cache_path(dir, id, version, path, sizeof(path));
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    return fd < 0 ? -errno : fd;
+}
+
 int fs_cache_open(const char *dir, int64_t id, uint64_t version, uint64_t size)
 {
     char path[4096];

@@ -16,6 +16,9 @@
 /* Open (creating, sized to 'size') the cache file of (id, version); returns an fd (caller
  * closes) or a negative errno. */
 int fs_cache_open(const char *dir, int64_t id, uint64_t version, uint64_t size);
+/* Open the existing cache file of (id, version) for reading, as it is (never resized: a reader
+ * must not cut a file a writer is growing); an fd or a negative errno (-ENOENT). */
+int fs_cache_open_ro(const char *dir, int64_t id, uint64_t version);
 /* Remove the cache file of (id, version), if any. */
 void fs_cache_remove(const char *dir, int64_t id, uint64_t version);
 /* Give the disk space of [off, off+len) back (punch a hole). 0 or a negative errno. */

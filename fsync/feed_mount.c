@@ -188,7 +188,7 @@ static void pending_finish(struct fm *fm)
         return;
     const struct idx_file *f = &p->now;
     uint64_t nb = (f->size + FS_BLOCK_SIZE - 1) / FS_BLOCK_SIZE;
-    int in = p->n ? fs_cache_open(m->cache_dir, p->old.id, p->old.version, p->old.size) : -1;
+    int in = p->n ? fs_cache_open_ro(m->cache_dir, p->old.id, p->old.version) : -1;
     int out = p->n ? fs_cache_open(m->cache_dir, f->id, f->version, f->size) : -1;
     for (size_t i = 0; in >= 0 && out >= 0 && i < p->n; i++) {
         const struct idx_block *b = &p->v[i];
@@ -241,6 +241,16 @@ void fm_wait_file(struct mountd *m, int64_t id)
     pthread_mutex_unlock(&fm->lock);
 }
 
+/* Is this feed path (relative to the root) one we changed ourselves just now? */
+static bool echo(struct fm *fm, const char *rel)
+{
+    char p[PATH_MAX + NAME_MAX + 2];
+    if (!fm->m->writable)
+        return false;
+    snprintf(p, sizeof(p), "%s%s%s", fm->root, *rel ? "/" : "", rel);
+    return md_recent_local(fm->m, p);
+}
+
 static int apply_entry(struct fm *fm, const struct feed_entry *e)
 {
     struct mountd *m = fm->m;
@@ -250,6 +260,10 @@ static int apply_entry(struct fm *fm, const struct feed_entry *e)
     int r;
 
     memset(&f, 0, sizeof(f));
+    if (!fm->in_snap && echo(fm, e->path)) {
+        FS_STAT_ADD(&m->st, feed_echoes, 1);
+        return 0;
+    }
     if (*e->path) {
         split(e->path, dir, sizeof(dir), &base);
         if ((r = idx_resolve(m->idx, dir, &parent)) < 0)
@@ -292,6 +306,12 @@ static int apply_entry(struct fm *fm, const struct feed_entry *e)
     f.attr_time_ns = fm->stamp;
     f.list_time_ns = S_ISDIR(e->mode) ? fm->stamp : 0;
     int changed = idx_put(m->idx, &f);
+    if (changed == -EBUSY) {
+        /* written through the mount and not yet written back: the local copy wins until it is
+         * (the source sends the file again once it changes there) */
+        free(next.v);
+        return 0;
+    }
     if (changed < 0) {
         free(next.v);
         return changed;
@@ -339,6 +359,10 @@ static int apply_remove(struct fm *fm, const char *path)
     if (!*path)
         return -EPROTO;
     pending_finish(fm);
+    if (echo(fm, path)) {
+        FS_STAT_ADD(&m->st, feed_echoes, 1);
+        return 0;
+    }
     if ((r = idx_resolve(m->idx, path, &f)) < 0)
         return r == -ENOENT ? 0 : r; /* already gone */
     if ((r = idx_delete(m->idx, f.id, md_gone_cb, m)) < 0)
@@ -362,6 +386,10 @@ static int apply_rename(struct fm *fm, const char *from, const char *to)
     if (!*from || !*to)
         return -EPROTO;
     pending_finish(fm);
+    if (echo(fm, from) || echo(fm, to)) {
+        FS_STAT_ADD(&m->st, feed_echoes, 1);
+        return 0;
+    }
     split(to, dir, sizeof(dir), &base);
     if ((r = idx_resolve(m->idx, from, &f)) < 0 || (r = idx_resolve(m->idx, dir, &dst)) < 0)
         return r == -ENOENT ? -EPROTO : r;
@@ -389,6 +417,10 @@ static int apply_hashes(struct fm *fm, const struct feed_msg *msg)
     struct idx_file f;
     struct idx_block b;
     int r;
+    if (echo(fm, msg->u.hashes.path)) {
+        fm->hfile = -1; /* its DATA frames are skipped too */
+        return 0;
+    }
     if ((r = idx_resolve(m->idx, msg->u.hashes.path, &f)) < 0 || !S_ISREG(f.mode))
         return -EPROTO;
     uint32_t n = msg->u.hashes.n;
@@ -427,6 +459,8 @@ static int apply_data(struct fm *fm, const struct feed_msg *msg)
     struct mountd *m = fm->m;
     struct idx_file f;
     int r;
+    if (fm->hfile == -1 && echo(fm, msg->u.data.path))
+        return 0; /* the DATA of a change we made ourselves */
     if ((r = idx_resolve(m->idx, msg->u.data.path, &f)) < 0 || !S_ISREG(f.mode) ||
         f.id != fm->hfile)
         return -EPROTO;
@@ -441,6 +475,9 @@ static int apply_data(struct fm *fm, const struct feed_msg *msg)
     fs_cache_hash(msg->u.data.bytes, msg->u.data.len, digest);
     if (memcmp(digest, fm->hh + (blk - fm->hfirst) * FEED_HASH_LEN, FEED_HASH_LEN) != 0)
         return -EPROTO; /* bytes that are not the announced block: never stored */
+    struct idx_block cur;
+    if (idx_block_get(m->idx, f.id, blk, &cur) == 0 && cur.dirty)
+        return 0; /* written here and not yet written back: the local bytes win */
     int fd = fs_cache_open(m->cache_dir, f.id, f.version, f.size);
     if (fd < 0)
         return 0; /* the cache cannot take it (full disk): it is fetched lazily instead */

@@ -763,6 +763,9 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
     fuse_reply_entry(req, &e);
 }
 
+static void of_put(struct mountd *m, struct ofile *of);
+static struct ofile *of_orphan(struct mountd *m, int64_t id);
+
 static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
     struct mountd *m = M(req);
@@ -772,6 +775,19 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 
     (void)fi;
     if ((r = get_fresh(m, (int64_t)ino, &f)) != 0) {
+        struct ofile *of = r == -ENOENT ? of_orphan(m, (int64_t)ino) : NULL;
+        if (of) { /* removed while open: an fstat still works, with no link left */
+            pthread_mutex_lock(&of->lock);
+            f = of->want;
+            f.id = of->id;
+            f.size = of->size;
+            f.nlink = 0;
+            pthread_mutex_unlock(&of->lock);
+            of_put(m, of);
+            file_to_stat(&f, &st);
+            fuse_reply_attr(req, &st, 0);
+            return;
+        }
         reply_err(req, r == -ENOENT && ino != FUSE_ROOT_ID ? -ENOENT : r);
         return;
     }
@@ -1002,8 +1018,6 @@ static int of_load(struct mountd *m, struct ofile *of, const struct idx_file *f)
     return 0;
 }
 
-static void of_put(struct mountd *m, struct ofile *of);
-
 /* The ofile of f (found, or created unloaded), with one more reference for the caller. In
  * no-open mode the table keeps up to OF_KEEP_MAX of them between reads, least recently used
  * going first. */
@@ -1063,6 +1077,25 @@ static struct ofile *of_get(struct mountd *m, const struct idx_file *f, int *err
     pthread_mutex_unlock(&m->of_lock);
     if (victim)
         of_put(m, victim); /* the table's reference */
+    return of;
+}
+
+/* The loaded open file of 'id', with a reference, or NULL. After the file's row is gone (removed
+ * or replaced while open), this is what still serves the processes that have it open: what is
+ * cached stays readable and writable, as on a local disk; its data is no longer anybody's. */
+static struct ofile *of_orphan(struct mountd *m, int64_t id)
+{
+    pthread_mutex_lock(&m->of_lock);
+    struct ofile *of = m->of_hash[(uint64_t)id % OF_BUCKETS];
+    while (of && of->id != id)
+        of = of->next;
+    if (of)
+        of->refs++;
+    pthread_mutex_unlock(&m->of_lock);
+    if (of && !of->loaded) {
+        of_put(m, of);
+        of = NULL;
+    }
     return of;
 }
 
@@ -1196,7 +1229,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     struct ofile *of;
     int r;
 
-    if ((fi->flags & O_ACCMODE) != O_RDONLY && !from_reflector(m, req)) {
+    if ((fi->flags & O_ACCMODE) != O_RDONLY && !m->writable && !from_reflector(m, req)) {
         fuse_reply_err(req, EROFS);
         return;
     }
@@ -1230,7 +1263,8 @@ static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 {
     struct mountd *m = M(req);
     (void)ino;
-    of_put(m, (struct ofile *)(uintptr_t)fi->fh);
+    if (fi->fh)
+        of_put(m, (struct ofile *)(uintptr_t)fi->fh);
     fuse_reply_err(req, 0);
 }
 
@@ -1750,11 +1784,13 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
     if (of == NULL) {
         /* no-open mode: the file is found by inode, at its current version */
         struct idx_file f;
-        if ((r = idx_get(m->idx, (int64_t)ino, &f)) != 0 || !S_ISREG(f.mode)) {
+        if ((r = idx_get(m->idx, (int64_t)ino, &f)) == -ENOENT &&
+            (of = of_orphan(m, (int64_t)ino)) != NULL) {
+            r = 0; /* removed while open: served from what is here */
+        } else if (r != 0 || !S_ISREG(f.mode)) {
             reply_err(req, r ? r : -EINVAL);
             return;
-        }
-        if ((of = of_get(m, &f, &r)) == NULL || r != 0) {
+        } else if ((of = of_get(m, &f, &r)) == NULL || r != 0) {
             if (of)
                 of_put(m, of);
             reply_err(req, r);
@@ -1795,14 +1831,235 @@ static void op_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_dat
     fuse_reply_none(req);
 }
 
-/* ---- mutating operations: acknowledged for the feed thread's reflections, else read-only ---- */
+/* ---- mutating operations (docs/writeback.md) ----
+ *
+ * For the feed thread's reflections they only acknowledge (the change is in the index already).
+ * Otherwise, on a writable mount, each applies the change to the index and the block cache and
+ * appends a journal row in the same index batch, then replies: no network on this path. The
+ * write-back thread (writeback.c) sends the rows to the source in order. A file is made wholly
+ * local (its missing blocks fetched) before its first local change of content, so that no fetch
+ * ever races with a local write. */
 
-static void reply_existing(fuse_req_t req, fuse_ino_t parent, const char *name)
+#define SETID_BITS (S_ISUID | S_ISGID)
+
+static int child_path(struct mountd *m, int64_t parent, const char *name, char *out, size_t len)
+{
+    char dir[PATH_MAX];
+    int r = md_node_path(m, parent, dir, sizeof(dir));
+    if (r != 0)
+        return r;
+    size_t n = strlen(dir);
+    if (n + strlen(name) + 2 > len)
+        return -ENAMETOOLONG;
+    snprintf(out, len, "%s%s%s", dir, strcmp(dir, "/") == 0 ? "" : "/", name);
+    return 0;
+}
+
+static uint64_t path_hash(const char *p)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (; *p; p++)
+        h = (h ^ (uint8_t)*p) * 1099511628211ULL;
+    return h ? h : 1;
+}
+
+void md_note_local(struct mountd *m, const char *path)
+{
+    uint64_t h = path_hash(path);
+    pthread_mutex_lock(&m->recent_lock);
+    struct recent_path *r = &m->recent[h % (sizeof(m->recent) / sizeof(m->recent[0]))];
+    r->hash = h; /* a collision evicts the older path: at worst an echo is applied */
+    r->t = md_wall_ns();
+    pthread_mutex_unlock(&m->recent_lock);
+}
+
+bool md_recent_local(struct mountd *m, const char *path)
+{
+    uint64_t h = path_hash(path);
+    pthread_mutex_lock(&m->recent_lock);
+    struct recent_path *r = &m->recent[h % (sizeof(m->recent) / sizeof(m->recent[0]))];
+    bool recent = r->hash == h && md_wall_ns() - r->t < ECHO_WINDOW_NS;
+    pthread_mutex_unlock(&m->recent_lock);
+    return recent;
+}
+
+/* Append one journal row (inside the caller's batch). */
+static int journal(struct mountd *m, enum idx_jkind kind, int64_t file, const char *path,
+                   const char *path2, uint32_t mode, uint32_t flags, uint32_t valid,
+                   const struct idx_file *f, uint64_t off, uint64_t len)
+{
+    struct idx_jentry *e = calloc(1, sizeof(*e));
+    if (!e)
+        return -ENOMEM;
+    e->kind = kind;
+    e->file = file;
+    snprintf(e->path, sizeof(e->path), "%s", path);
+    snprintf(e->path2, sizeof(e->path2), "%s", path2 ? path2 : "");
+    e->mode = mode;
+    e->flags = flags;
+    e->valid = valid;
+    if (f) {
+        e->size = f->size;
+        e->atime_ns = f->atime_ns;
+        e->mtime_ns = f->mtime_ns;
+    }
+    e->off = off;
+    e->len = len;
+    int r = idx_journal_add(m->idx, e);
+    free(e);
+    md_note_local(m, path);
+    if (path2 && kind == IDX_J_RENAME)
+        md_note_local(m, path2);
+    return r;
+}
+
+static int end_batch(struct mountd *m, int r)
+{
+    if (r < 0) {
+        idx_rollback(m->idx);
+        return r;
+    }
+    if ((r = idx_commit(m->idx)) == 0)
+        wb_kick(m);
+    return r;
+}
+
+/* The folder's own times move with every change of its entries; its link count with its
+ * subfolders ('subdirs' more or fewer). */
+static void touch_dir(struct mountd *m, int64_t dir, int64_t now, int subdirs)
+{
+    struct idx_file d;
+    if (idx_get(m->idx, dir, &d) == 0) {
+        d.mtime_ns = d.ctime_ns = now;
+        if (subdirs < 0 && d.nlink <= 2)
+            subdirs = 0;
+        d.nlink = (uint32_t)((int)d.nlink + subdirs);
+        idx_put_keep_version(m->idx, &d);
+        md_queue_inval(m, (fuse_ino_t)dir);
+    }
+}
+
+static void new_entry(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+                      const char *link, struct fuse_file_info *fi)
 {
     struct mountd *m = M(req);
+    const struct fuse_ctx *ctx = fuse_req_ctx(req);
     struct fuse_entry_param e;
+    struct idx_file f, p;
+    char path[PATH_MAX];
+    int r;
+
+    if (from_reflector(m, req)) {
+        if (idx_lookup(m->idx, (int64_t)parent, name, &f) != 0) {
+            fuse_reply_err(req, ENOENT);
+            return;
+        }
+        fill_entry(m, &f, &e);
+        fi ? fuse_reply_create(req, &e, fi) : fuse_reply_entry(req, &e);
+        return;
+    }
+    if (!m->writable) {
+        fuse_reply_err(req, EROFS);
+        return;
+    }
+    if (!S_ISREG(mode) && !S_ISDIR(mode) && !S_ISLNK(mode)) {
+        fuse_reply_err(req, EPERM); /* device nodes, FIFOs and sockets are refused by rule */
+        return;
+    }
+    if (strlen(name) > IDX_NAME_MAX) {
+        fuse_reply_err(req, ENAMETOOLONG);
+        return;
+    }
+    if (idx_get(m->idx, (int64_t)parent, &p) != 0 || !S_ISDIR(p.mode)) {
+        fuse_reply_err(req, ENOENT);
+        return;
+    }
+    if (idx_lookup(m->idx, (int64_t)parent, name, &f) == 0) {
+        fuse_reply_err(req, EEXIST);
+        return;
+    }
+    if ((r = child_path(m, (int64_t)parent, name, path, sizeof(path))) != 0) {
+        reply_err(req, r);
+        return;
+    }
+    int64_t now = md_wall_ns();
+    memset(&f, 0, sizeof(f));
+    f.parent = (int64_t)parent;
+    snprintf(f.name, sizeof(f.name), "%s", name);
+    f.mode = S_ISLNK(mode) ? (S_IFLNK | 0777) : (mode & ~SETID_BITS);
+    f.uid = ctx->uid;
+    f.gid = ctx->gid;
+    f.nlink = S_ISDIR(mode) ? 2 : 1;
+    f.size = link ? strlen(link) : 0;
+    f.atime_ns = f.mtime_ns = f.ctime_ns = now;
+    f.attr_time_ns = now;
+    f.list_time_ns = S_ISDIR(mode) ? now : 0; /* an empty folder, known whole */
+    idx_begin(m->idx);
+    r = idx_put_keep_version(m->idx, &f);
+    if (r == 0 && link)
+        r = idx_set_link(m->idx, f.id, link);
+    if (r == 0) {
+        enum idx_jkind k = S_ISDIR(mode)   ? IDX_J_MKDIR
+                           : S_ISLNK(mode) ? IDX_J_SYMLINK
+                                           : IDX_J_CREATE;
+        r = journal(m, k, f.id, path, link, f.mode, 0, 0, &f, 0, 0);
+    }
+    if (r == 0)
+        touch_dir(m, (int64_t)parent, now, S_ISDIR(mode) ? 1 : 0);
+    if ((r = end_batch(m, r)) != 0) {
+        reply_err(req, r);
+        return;
+    }
+    FS_STAT_ADD(&m->st, local_changes, 1);
+    fill_entry(m, &f, &e);
+    if (fi) {
+        fi->fh = 0; /* reads and writes find the file by inode */
+        fuse_reply_create(req, &e, fi);
+    } else {
+        fuse_reply_entry(req, &e);
+    }
+}
+
+static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev)
+{
+    (void)rdev;
+    new_entry(req, parent, name, mode, NULL, NULL);
+}
+
+static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+                      struct fuse_file_info *fi)
+{
+    new_entry(req, parent, name, S_IFREG | (mode & 07777), NULL, fi);
+}
+
+static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
+{
+    new_entry(req, parent, name, S_IFDIR | (mode & 07777), NULL, NULL);
+}
+
+static void op_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name)
+{
+    new_entry(req, parent, name, S_IFLNK | 0777, link, NULL);
+}
+
+static int has_child(void *arg, const struct idx_file *f)
+{
+    (void)arg, (void)f;
+    return 1;
+}
+
+static void remove_entry(fuse_req_t req, fuse_ino_t parent, const char *name, bool dir)
+{
+    struct mountd *m = M(req);
     struct idx_file f;
-    if (!from_reflector(m, req)) {
+    char path[PATH_MAX];
+    int r;
+
+    if (from_reflector(m, req)) {
+        fuse_reply_err(req, 0);
+        return;
+    }
+    if (!m->writable) {
         fuse_reply_err(req, EROFS);
         return;
     }
@@ -1810,39 +2067,315 @@ static void reply_existing(fuse_req_t req, fuse_ino_t parent, const char *name)
         fuse_reply_err(req, ENOENT);
         return;
     }
-    fill_entry(m, &f, &e);
-    fuse_reply_entry(req, &e);
-}
-
-static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev)
-{
-    (void)mode, (void)rdev;
-    reply_existing(req, parent, name);
-}
-
-static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
-{
-    (void)mode;
-    reply_existing(req, parent, name);
-}
-
-static void op_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name)
-{
-    (void)link;
-    reply_existing(req, parent, name);
+    if (dir != S_ISDIR(f.mode)) {
+        fuse_reply_err(req, dir ? ENOTDIR : EISDIR);
+        return;
+    }
+    if (dir && idx_children(m->idx, f.id, 0, has_child, NULL) == 1) {
+        fuse_reply_err(req, ENOTEMPTY);
+        return;
+    }
+    if ((r = child_path(m, (int64_t)parent, name, path, sizeof(path))) != 0) {
+        reply_err(req, r);
+        return;
+    }
+    idx_begin(m->idx);
+    r = idx_delete(m->idx, f.id, md_gone_cb, m);
+    if (r == 0)
+        r = journal(m, dir ? IDX_J_RMDIR : IDX_J_UNLINK, f.id, path, NULL, 0, 0, 0, NULL, 0, 0);
+    if (r == 0)
+        touch_dir(m, (int64_t)parent, md_wall_ns(), dir ? -1 : 0);
+    if ((r = end_batch(m, r)) == 0)
+        FS_STAT_ADD(&m->st, local_changes, 1);
+    fuse_reply_err(req, -r);
 }
 
 static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
-    (void)parent, (void)name;
-    fuse_reply_err(req, from_reflector(M(req), req) ? 0 : EROFS);
+    remove_entry(req, parent, name, false);
+}
+
+static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+    remove_entry(req, parent, name, true);
 }
 
 static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
                       const char *newname, unsigned int flags)
 {
-    (void)parent, (void)name, (void)newparent, (void)newname, (void)flags;
-    fuse_reply_err(req, from_reflector(M(req), req) ? 0 : EROFS);
+    struct mountd *m = M(req);
+    struct idx_file src, dst;
+    char from[PATH_MAX], to[PATH_MAX];
+    int r;
+
+    if (from_reflector(m, req)) {
+        fuse_reply_err(req, 0);
+        return;
+    }
+    if (!m->writable) {
+        fuse_reply_err(req, EROFS);
+        return;
+    }
+    if (flags & ~RENAME_NOREPLACE) {
+        fuse_reply_err(req, EINVAL); /* RENAME_EXCHANGE: SFTP cannot do it atomically */
+        return;
+    }
+    if (strlen(newname) > IDX_NAME_MAX) {
+        fuse_reply_err(req, ENAMETOOLONG);
+        return;
+    }
+    if (idx_lookup(m->idx, (int64_t)parent, name, &src) != 0) {
+        fuse_reply_err(req, ENOENT);
+        return;
+    }
+    if (idx_lookup(m->idx, (int64_t)newparent, newname, &dst) == 0) {
+        if (dst.id == src.id) {
+            fuse_reply_err(req, 0);
+            return;
+        }
+        if (flags & RENAME_NOREPLACE) {
+            fuse_reply_err(req, EEXIST);
+            return;
+        }
+        if (S_ISDIR(src.mode) != S_ISDIR(dst.mode)) {
+            fuse_reply_err(req, S_ISDIR(src.mode) ? ENOTDIR : EISDIR);
+            return;
+        }
+        if (S_ISDIR(dst.mode) && idx_children(m->idx, dst.id, 0, has_child, NULL) == 1) {
+            fuse_reply_err(req, ENOTEMPTY);
+            return;
+        }
+    }
+    if ((r = child_path(m, (int64_t)parent, name, from, sizeof(from))) != 0 ||
+        (r = child_path(m, (int64_t)newparent, newname, to, sizeof(to))) != 0) {
+        reply_err(req, r);
+        return;
+    }
+    int64_t now = md_wall_ns();
+    idx_begin(m->idx);
+    r = idx_rename(m->idx, src.id, (int64_t)newparent, newname, md_gone_cb, m);
+    if (r == 0)
+        r = journal(m, IDX_J_RENAME, src.id, from, to, 0, flags & RENAME_NOREPLACE, 0, NULL, 0, 0);
+    if (r == 0) {
+        bool moved_dir = S_ISDIR(src.mode) && parent != newparent;
+        touch_dir(m, (int64_t)parent, now, moved_dir ? -1 : 0);
+        touch_dir(m, (int64_t)newparent, now, moved_dir ? 1 : 0);
+    }
+    if ((r = end_batch(m, r)) == 0)
+        FS_STAT_ADD(&m->st, local_changes, 1);
+    fuse_reply_err(req, -r);
+}
+
+/* Bring every block of the file into the cache (a file written locally must be whole here). */
+static int make_local(struct mountd *m, struct ofile *of)
+{
+    pthread_mutex_lock(&of->lock);
+    if (!of->loaded) {
+        int r = of_load(m, of, &of->want);
+        if (r != 0) {
+            pthread_mutex_unlock(&of->lock);
+            return r;
+        }
+    }
+    uint64_t size = of->size;
+    bool whole = true;
+    for (uint64_t b = 0; b < of->nblocks && whole; b++)
+        whole = of->state[b] == B_VERIFIED || of->state[b] == B_CACHED;
+    pthread_mutex_unlock(&of->lock);
+    if (whole || size == 0)
+        return 0;
+    int fd;
+    uint64_t end;
+    bool missed;
+    int r = of_fetch(m, of, 0, size, true, &fd, &end, &missed);
+    return r == 1 ? 0 : r;
+}
+
+/* Resize the loaded file's cache and state to 'size' (of->lock held). */
+static int of_resize(struct mountd *m, struct ofile *of, uint64_t size)
+{
+    uint64_t nb = (size + FS_BLOCK_SIZE - 1) / FS_BLOCK_SIZE;
+    if (ftruncate(of->fd, (off_t)size) != 0)
+        return -errno;
+    if (nb > of->nblocks) {
+        uint8_t *state = realloc(of->state, nb);
+        if (!state)
+            return -ENOMEM;
+        of->state = state;
+        uint8_t(*hash)[16] = realloc(of->hash, nb * 16);
+        if (!hash)
+            return -ENOMEM;
+        of->hash = hash;
+        memset(of->state + of->nblocks, B_MISSING, nb - of->nblocks);
+    } else if (nb < of->nblocks) {
+        int r = idx_blocks_truncate(m->idx, of->id, nb);
+        if (r != 0)
+            return r;
+    }
+    of->nblocks = nb;
+    of->size = size;
+    return 0;
+}
+
+/* Hash blocks [b0, b1] of the cache file again and record them dirty (of->lock held). */
+static int mark_dirty(struct mountd *m, struct ofile *of, uint64_t b0, uint64_t b1)
+{
+    uint8_t *buf = malloc(FS_BLOCK_SIZE);
+    if (!buf)
+        return -ENOMEM;
+    int r = 0;
+    for (uint64_t b = b0; b <= b1 && b < of->nblocks && r == 0; b++) {
+        uint64_t off = b * FS_BLOCK_SIZE;
+        uint32_t len = (uint32_t)(of->size - off < FS_BLOCK_SIZE ? of->size - off : FS_BLOCK_SIZE);
+        if (pread(of->fd, buf, len, (off_t)off) != (ssize_t)len) {
+            r = -EIO;
+            break;
+        }
+        struct idx_block row = {.file = of->id,
+                                .blkno = b,
+                                .version = of->version,
+                                .len = len,
+                                .cached = true,
+                                .dirty = true};
+        fs_cache_hash(buf, len, row.hash);
+        if ((r = idx_block_put(m->idx, &row)) == 0) {
+            memcpy(of->hash[b], row.hash, 16);
+            of->state[b] = B_VERIFIED;
+        }
+    }
+    free(buf);
+    return r;
+}
+
+/* Wait until no block of [b0, b1] is being fetched (of->lock held). */
+static void wait_fetches(struct ofile *of, uint64_t b0, uint64_t b1)
+{
+    for (;;) {
+        bool busy = false;
+        for (uint64_t b = b0; b <= b1 && b < of->nblocks && !busy; b++)
+            busy = of->state[b] == B_FETCHING;
+        if (!busy)
+            return;
+        pthread_cond_wait(&of->cond, &of->lock);
+    }
+}
+
+/* Write (data != NULL) or truncate (data == NULL, size = new length) a file locally and journal
+ * it. Returns 0 or a negative errno. */
+static int local_content(struct mountd *m, int64_t id, const char *data, size_t size, off_t off)
+{
+    struct idx_file f;
+    char path[PATH_MAX];
+    int r;
+    if ((r = idx_get(m->idx, id, &f)) == -ENOENT && data) {
+        struct ofile *of = of_orphan(m, id);
+        if (!of)
+            return r;
+        /* removed while open: the writer goes on in the cache file nobody else sees */
+        pthread_mutex_lock(&of->lock);
+        uint64_t end = (uint64_t)off + size;
+        r = end > of->size ? (ftruncate(of->fd, (off_t)end) == 0 ? 0 : -errno) : 0;
+        if (r == 0 && end > of->size) {
+            uint64_t nb = (end + FS_BLOCK_SIZE - 1) / FS_BLOCK_SIZE;
+            uint8_t *st = realloc(of->state, nb);
+            uint8_t(*h)[16] = st ? realloc(of->hash, nb * 16) : NULL;
+            if (st)
+                of->state = st;
+            if (h)
+                of->hash = h;
+            if (!st || !h) {
+                r = -ENOMEM;
+            } else {
+                memset(of->state + of->nblocks, B_VERIFIED, nb - of->nblocks);
+                of->nblocks = nb;
+                of->size = end;
+            }
+        }
+        if (r == 0 && pwrite(of->fd, data, size, off) != (ssize_t)size)
+            r = -EIO;
+        for (uint64_t b = (uint64_t)off / FS_BLOCK_SIZE;
+             r == 0 && b < of->nblocks && b * FS_BLOCK_SIZE < end; b++)
+            of->state[b] = B_VERIFIED; /* the local bytes are the file's only copy now */
+        pthread_mutex_unlock(&of->lock);
+        of_put(m, of);
+        return r;
+    }
+    if (r != 0)
+        return r;
+    if (!S_ISREG(f.mode))
+        return S_ISDIR(f.mode) ? -EISDIR : -EINVAL;
+    if ((r = md_node_path(m, id, path, sizeof(path))) != 0)
+        return r;
+    struct ofile *of = of_get(m, &f, &r);
+    if (!of || r != 0) {
+        if (of)
+            of_put(m, of);
+        return r ? r : -ENOMEM;
+    }
+    if ((r = make_local(m, of)) != 0) {
+        md_log(m, "cannot bring '%s' whole into the cache before changing it: %s", path,
+               strerror(-r));
+        of_put(m, of);
+        return r;
+    }
+    idx_begin(m->idx);
+    pthread_mutex_lock(&of->lock);
+    uint64_t old = of->size, from, to;
+    if (data) {
+        uint64_t end = (uint64_t)off + size;
+        wait_fetches(of, (uint64_t)off / FS_BLOCK_SIZE, end / FS_BLOCK_SIZE);
+        if (end > old && (r = of_resize(m, of, end)) != 0)
+            goto unlock;
+        if (pwrite(of->fd, data, size, off) != (ssize_t)size) {
+            r = -EIO;
+            goto unlock;
+        }
+        from = (uint64_t)off < old ? (uint64_t)off : old; /* a gap past the old end is zeros */
+        to = end;
+    } else {
+        uint64_t len = size;
+        wait_fetches(of, 0, of->nblocks);
+        if ((r = of_resize(m, of, len)) != 0)
+            goto unlock;
+        from = len < old ? len / FS_BLOCK_SIZE * FS_BLOCK_SIZE : old; /* the new last block */
+        to = len;
+    }
+    if (to > from)
+        r = mark_dirty(m, of, from / FS_BLOCK_SIZE, (to - 1) / FS_BLOCK_SIZE);
+unlock:
+    pthread_mutex_unlock(&of->lock);
+    int64_t now = md_wall_ns();
+    f.size = of->size;
+    f.mtime_ns = f.ctime_ns = now;
+    if (r == 0)
+        r = idx_put_keep_version(m->idx, &f);
+    if (r == 0 && !data)
+        r = journal(m, IDX_J_SETATTR, id, path, NULL, 0, 0, IDX_J_SET_SIZE, &f, 0, 0);
+    if (r == 0 && to > from)
+        r = journal(m, IDX_J_WRITE, id, path, NULL, 0, 0, 0, NULL, from, to - from);
+    r = end_batch(m, r);
+    of_put(m, of);
+    if (r == 0)
+        FS_STAT_ADD(&m->st, local_changes, 1);
+    return r;
+}
+
+static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
+                     struct fuse_file_info *fi)
+{
+    struct mountd *m = M(req);
+    (void)fi;
+    if (!m->writable || from_reflector(m, req)) {
+        fuse_reply_err(req, EROFS);
+        return;
+    }
+    int r = local_content(m, (int64_t)ino, buf, size, off);
+    if (r != 0) {
+        md_log(m, "cannot write %zu bytes at %lld of file %" PRIu64 ": %s", size, (long long)off,
+               (uint64_t)ino, strerror(-r));
+        reply_err(req, r);
+    } else
+        fuse_reply_write(req, size);
 }
 
 static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
@@ -1851,30 +2384,102 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
     struct mountd *m = M(req);
     struct idx_file f;
     struct stat st;
-    (void)attr, (void)to_set, (void)fi;
-    if (!from_reflector(m, req)) {
-        fuse_reply_err(req, EROFS);
-        return;
-    }
+    char path[PATH_MAX];
+    uint32_t valid = 0;
+    int r;
+    (void)fi;
+
     if (idx_get(m->idx, (int64_t)ino, &f) != 0) {
         fuse_reply_err(req, ENOENT);
         return;
+    }
+    if (from_reflector(m, req)) {
+        file_to_stat(&f, &st);
+        fuse_reply_attr(req, &st, kernel_ttl(m));
+        return;
+    }
+    if (!m->writable) {
+        fuse_reply_err(req, EROFS);
+        return;
+    }
+    /* owner policy: files belong to the source's user; only a change that changes nothing */
+    if (((to_set & FUSE_SET_ATTR_UID) && attr->st_uid != f.uid) ||
+        ((to_set & FUSE_SET_ATTR_GID) && attr->st_gid != f.gid)) {
+        fuse_reply_err(req, EPERM);
+        return;
+    }
+    if ((r = md_node_path(m, f.id, path, sizeof(path))) != 0) {
+        reply_err(req, r);
+        return;
+    }
+    if (to_set & FUSE_SET_ATTR_SIZE) {
+        if ((r = local_content(m, f.id, NULL, (size_t)attr->st_size, 0)) != 0) {
+            reply_err(req, r);
+            return;
+        }
+        idx_get(m->idx, f.id, &f);
+    }
+    int64_t now = md_wall_ns();
+    if (to_set & FUSE_SET_ATTR_MODE) {
+        f.mode = (f.mode & S_IFMT) | (attr->st_mode & 07777 & ~SETID_BITS);
+        valid |= IDX_J_SET_MODE;
+    }
+    if (to_set & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_ATIME_NOW)) {
+        f.atime_ns = (to_set & FUSE_SET_ATTR_ATIME_NOW)
+                         ? now
+                         : (int64_t)attr->st_atim.tv_sec * 1000000000 + attr->st_atim.tv_nsec;
+        valid |= IDX_J_SET_ATIME;
+    }
+    if (to_set & (FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_MTIME_NOW)) {
+        f.mtime_ns = (to_set & FUSE_SET_ATTR_MTIME_NOW)
+                         ? now
+                         : (int64_t)attr->st_mtim.tv_sec * 1000000000 + attr->st_mtim.tv_nsec;
+        valid |= IDX_J_SET_MTIME;
+    }
+    if (valid) {
+        if (valid & (IDX_J_SET_ATIME | IDX_J_SET_MTIME))
+            valid |= IDX_J_SET_ATIME | IDX_J_SET_MTIME; /* SFTP v3 sets both */
+        f.ctime_ns = now;
+        idx_begin(m->idx);
+        r = idx_put_keep_version(m->idx, &f);
+        if (r == 0)
+            r = journal(m, IDX_J_SETATTR, f.id, path, NULL, f.mode, 0, valid, &f, 0, 0);
+        if ((r = end_batch(m, r)) != 0) {
+            reply_err(req, r);
+            return;
+        }
+        FS_STAT_ADD(&m->st, local_changes, 1);
     }
     file_to_stat(&f, &st);
     fuse_reply_attr(req, &st, kernel_ttl(m));
 }
 
-static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
-                     struct fuse_file_info *fi)
+static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-    (void)ino, (void)buf, (void)size, (void)off, (void)fi;
-    fuse_reply_err(req, EROFS);
+    struct mountd *m = M(req);
+    (void)fi;
+    /* close does not wait (unless flush_on_close); an error already known is reported */
+    int r = wb_wait(m, (int64_t)ino, m->flush_on_close ? WB_FSYNC_TIMEOUT_MS : 0);
+    fuse_reply_err(req, -r);
+}
+
+static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
+{
+    (void)datasync, (void)fi;
+    fuse_reply_err(req, -wb_wait(M(req), (int64_t)ino, WB_FSYNC_TIMEOUT_MS));
+}
+
+static void op_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
+{
+    (void)ino, (void)datasync, (void)fi;
+    fuse_reply_err(req, -wb_wait(M(req), 0, WB_FSYNC_TIMEOUT_MS));
 }
 
 static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname)
 {
     (void)ino, (void)newparent, (void)newname;
-    fuse_reply_err(req, EROFS);
+    /* the index keeps one name per row: hard links made through the mount are refused for now */
+    fuse_reply_err(req, EPERM);
 }
 
 static void op_init(void *userdata, struct fuse_conn_info *conn)
@@ -1891,6 +2496,8 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
     if (conn->capable & FUSE_CAP_CACHE_SYMLINKS)
         conn->want |= FUSE_CAP_CACHE_SYMLINKS;
     conn->want |= FUSE_CAP_AUTO_INVAL_DATA;
+    /* O_TRUNC must reach mountd as a SETATTR: in no-open mode there is no OPEN to carry it */
+    conn->want &= ~FUSE_CAP_ATOMIC_O_TRUNC;
 }
 
 static const struct fuse_lowlevel_ops ops = {
@@ -1909,13 +2516,17 @@ static const struct fuse_lowlevel_ops ops = {
     .releasedir = op_releasedir,
     .statfs = op_statfs,
     .mknod = op_mknod,
+    .create = op_create,
     .mkdir = op_mkdir,
     .symlink = op_symlink,
     .unlink = op_unlink,
-    .rmdir = op_unlink,
+    .rmdir = op_rmdir,
     .rename = op_rename,
     .setattr = op_setattr,
     .write = op_write,
+    .flush = op_flush,
+    .fsync = op_fsync,
+    .fsyncdir = op_fsyncdir,
     .link = op_link,
 };
 
@@ -1923,7 +2534,8 @@ static const struct fuse_lowlevel_ops ops = {
 
 static const char *const known_opts[] = {
     "ro",     "allow_other", "allow_root", "default_permissions", "nosuid",    "nodev",
-    "noexec", "noatime",     "relatime",   "auto_unmount",        "reconnect", NULL,
+    "noexec", "noatime",     "relatime",   "auto_unmount",        "reconnect", "flush_on_close",
+    NULL,
 };
 
 int fs_mount_check_opt(const char *opt)
@@ -1937,7 +2549,7 @@ int fs_mount_check_opt(const char *opt)
 const char *fs_mount_known_opts(void)
 {
     return "ro, allow_other, allow_root, default_permissions, nosuid, nodev, noexec, noatime, "
-           "relatime, auto_unmount, reconnect";
+           "relatime, auto_unmount, reconnect, flush_on_close";
 }
 
 static uint64_t fnv1a(const char *s)
@@ -2102,7 +2714,7 @@ int fs_mount_run(const struct fs_mount_opts *o, int ready_fd)
 {
     struct mountd *m = calloc(1, sizeof(*m));
     char err[1024], real_mp[PATH_MAX], sock[PATH_MAX], fsname[PATH_MAX + 600],
-        mopts[PATH_MAX + 2048];
+        mopts[PATH_MAX * 2 + 4096];
     struct tun_sftp_attr ra;
     struct idx_file root;
     struct stat st;
@@ -2120,6 +2732,7 @@ int fs_mount_run(const struct fs_mount_opts *o, int ready_fd)
     m->budget = o->cache_size ? o->cache_size : 10ULL << 30;
     pthread_mutex_init(&m->of_lock, NULL);
     pthread_mutex_init(&m->rf_lock, NULL);
+    pthread_mutex_init(&m->recent_lock, NULL);
     pthread_mutex_init(&m->bg_lock, NULL);
     pthread_cond_init(&m->bg_cond, NULL);
     pthread_cond_init(&m->done_cond, NULL);
@@ -2197,10 +2810,20 @@ int fs_mount_run(const struct fs_mount_opts *o, int ready_fd)
      * An explicit -o ro keeps the superblock read-only and turns reflection off: no inotify
      * events for laptop changes, but no GETATTR per directory after a readdir either (the
      * kernel invalidates a directory's atime after readdir on a writable superblock only). */
-    m->reflect = atomic_load(&m->feed_live) && !opt_listed(o->fuse_opts, "ro");
-    snprintf(mopts, sizeof(mopts), "%s,%s,default_permissions,nosuid,nodev%s%s%s", fsname,
-             m->reflect ? "rw" : "ro", geteuid() == 0 ? ",allow_other" : "",
-             o->fuse_opts && *o->fuse_opts ? "," : "", o->fuse_opts ? o->fuse_opts : "");
+    m->writable = !opt_listed(o->fuse_opts, "ro");
+    m->reflect = atomic_load(&m->feed_live) && m->writable;
+    m->flush_on_close = opt_listed(o->fuse_opts, "flush_on_close");
+    char fopts[2048] = "";
+    for (const char *p = o->fuse_opts; p && *p;) { /* our own options are not FUSE's */
+        const char *e = strchr(p, ',');
+        size_t len = e ? (size_t)(e - p) : strlen(p);
+        if (!(len == 14 && strncmp(p, "flush_on_close", 14) == 0) &&
+            strlen(fopts) + len + 2 < sizeof(fopts))
+            snprintf(fopts + strlen(fopts), sizeof(fopts) - strlen(fopts), ",%.*s", (int)len, p);
+        p = e ? e + 1 : NULL;
+    }
+    snprintf(mopts, sizeof(mopts), "%s,%s,default_permissions,nosuid,nodev%s%s", fsname,
+             m->writable ? "rw" : "ro", geteuid() == 0 ? ",allow_other" : "", fopts);
     char *argv[] = {"offload", "-o", mopts, o->debug ? "-d" : NULL, NULL};
     struct fuse_args args = FUSE_ARGS_INIT(o->debug ? 4 : 3, argv);
     m->se = fuse_session_new(&args, &ops, sizeof(ops), m);
@@ -2220,6 +2843,10 @@ int fs_mount_run(const struct fs_mount_opts *o, int ready_fd)
         goto out;
     }
     mounted = true;
+    if (m->writable && (r = wb_start(m)) != 0) {
+        fprintf(stderr, "offload: cannot start the write-back thread: %s\n", strerror(-r));
+        goto out;
+    }
     snprintf(m->mountpoint, sizeof(m->mountpoint), "%s", real_mp);
     atomic_store(&m->mounted, true);
     pthread_create(&m->flusher, NULL, flusher_main, m);
@@ -2256,6 +2883,7 @@ int fs_mount_run(const struct fs_mount_opts *o, int ready_fd)
     pthread_join(m->flusher, NULL);
     pthread_join(m->invalidator, NULL);
     fm_stop(m);
+    wb_stop(m); /* rows not acknowledged stay in the journal for the next mount */
     for (int i = 0; i < PF_THREADS; i++)
         pthread_join(m->prefetchers[i], NULL);
     /* the writer drains what the network already delivered; what is still in flight is
@@ -2283,6 +2911,7 @@ out:
         fuse_session_destroy(m->se);
     fs_stats_stop(m->srv);
     fm_stop(m);
+    wb_stop(m);
     if (m->sftp)
         tun_sftp_stop(m->sftp);
     if (m->idx)

@@ -127,7 +127,15 @@ struct mountd {
 
     /* reflection of feed changes through the mount (md_reflect) */
     char mountpoint[PATH_MAX];
-    bool reflect; /* set once before mounting: replay feed changes (rw superblock) */
+    bool reflect;        /* set once before mounting: replay feed changes (rw superblock) */
+    bool writable;       /* set once before mounting: changes through the mount are written back */
+    bool flush_on_close; /* close waits for the write-back as fsync does */
+    struct wb *wb;       /* the write-back sender (writeback.c), NULL on a read-only mount */
+    pthread_mutex_t recent_lock;
+    struct recent_path {
+        uint64_t hash; /* of the source path */
+        int64_t t;     /* last changed here, or acknowledged by the source */
+    } recent[4096];    /* protected by recent_lock */
     atomic_bool mounted;
     _Atomic pid_t rf_tid; /* the thread that reflects (the feed thread) */
     pthread_mutex_t rf_lock;
@@ -171,6 +179,23 @@ void md_block_changed(struct mountd *m, int64_t id, uint64_t version, uint64_t b
 void md_gone_cb(void *arg, int64_t id, uint64_t version);
 /* The server path of row id. */
 int md_node_path(struct mountd *m, int64_t id, char *out, size_t len);
+
+/* writeback.c: journal rows sent to the source in order (docs/writeback.md). wb_start/wb_stop
+ * around the mount; wb_kick after a batch with journal rows (any thread); wb_wait waits (at most
+ * timeout_ms; 0: not at all) until every row concerning 'file' (any file when 0) journaled before
+ * the call is acknowledged, and returns the first write-back error of that file not reported yet
+ * (and forgets it), or -EIO when the time ran out (any thread but the sender). */
+#define WB_FSYNC_TIMEOUT_MS 60000
+#define ECHO_WINDOW_NS      (3LL * 1000000000) /* a feed change this close to our own is its echo */
+/* Note that the source path 'path' was changed through the mount (now, or acknowledged now). */
+void md_note_local(struct mountd *m, const char *path);
+/* Was the source path changed through the mount in the last ECHO_WINDOW_NS (or is a change of
+ * it still waiting to be written back)? The feed then leaves it alone: the local copy wins. */
+bool md_recent_local(struct mountd *m, const char *path);
+int wb_start(struct mountd *m);
+void wb_stop(struct mountd *m);
+void wb_kick(struct mountd *m);
+int wb_wait(struct mountd *m, int64_t file, int timeout_ms);
 
 /* feed_mount.c: the change feed client (docs/feed.md). fm_start starts its thread when the
  * server offers the feed for the mounted root; fm_hold tells the agent mountd now caches blocks

@@ -32,7 +32,9 @@ void fs_stats_format(const struct fs_stats *st, char *out, size_t len)
              "\"bytes_fetched\":%llu,\"blocks_fetched\":%llu,\"readahead_blocks\":%llu,"
              "\"verify_failures\":%llu,\"changed_underneath\":%llu,\"meta_fetches\":%llu,"
              "\"stale_served\":%llu,\"prefetched_files\":%llu,\"feed_batches\":%llu,"
-             "\"feed_data_blocks\":%llu,\"reflected\":%llu",
+             "\"feed_data_blocks\":%llu,\"reflected\":%llu,\"local_changes\":%llu,"
+             "\"written_back\":%llu,\"bytes_written_back\":%llu,\"write_back_errors\":%llu,"
+             "\"feed_echoes\":%llu",
              (unsigned long long)LOAD(requests), (unsigned long long)LOAD(cache_hits),
              (unsigned long long)LOAD(cache_misses), (unsigned long long)LOAD(bytes_fetched),
              (unsigned long long)LOAD(blocks_fetched), (unsigned long long)LOAD(readahead_blocks),
@@ -40,7 +42,9 @@ void fs_stats_format(const struct fs_stats *st, char *out, size_t len)
              (unsigned long long)LOAD(changed_underneath), (unsigned long long)LOAD(meta_fetches),
              (unsigned long long)LOAD(stale_served), (unsigned long long)LOAD(prefetched_files),
              (unsigned long long)LOAD(feed_batches), (unsigned long long)LOAD(feed_data_blocks),
-             (unsigned long long)LOAD(reflected));
+             (unsigned long long)LOAD(reflected), (unsigned long long)LOAD(local_changes),
+             (unsigned long long)LOAD(written_back), (unsigned long long)LOAD(bytes_written_back),
+             (unsigned long long)LOAD(write_back_errors), (unsigned long long)LOAD(feed_echoes));
 }
 
 static void *serve_main(void *arg)

@@ -25,6 +25,11 @@ struct fs_stats {
     uint64_t feed_batches;       /* change feed batches applied (the snapshot counts as one) */
     uint64_t feed_data_blocks;   /* blocks the feed pushed into the cache */
     uint64_t reflected;          /* feed changes replayed through the mount for inotify */
+    uint64_t local_changes;      /* changes made through the mount (journaled) */
+    uint64_t feed_echoes;        /* feed changes left alone: the echo of our own */
+    uint64_t written_back;       /* journal rows acknowledged by the source */
+    uint64_t bytes_written_back; /* file bytes sent to the source */
+    uint64_t write_back_errors;  /* rows the source refused (reported at fsync/close) */
 };
 
 #define FS_STAT_ADD(st, field, n) __atomic_add_fetch(&(st)->field, (n), __ATOMIC_RELAXED)

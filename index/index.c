@@ -179,8 +179,9 @@ static const struct {
     [S_FILE_VERSION] = {"read file version", "SELECT version FROM files WHERE id = ?1"},
     [S_FILE_INSERT] = {"insert file row",
                        "INSERT INTO files (parent, name, dev, ino, mode, uid, gid, nlink, size, "
-                       "atime_ns, mtime_ns, ctime_ns, version, attr_time_ns, list_time_ns) "
-                       "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"},
+                       "atime_ns, mtime_ns, ctime_ns, version, attr_time_ns, list_time_ns, id) "
+                       "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, "
+                       "?13)"},
     [S_ROOT_INSERT] = {"insert root row",
                        "INSERT INTO files (id, parent, name, mode, nlink, version) "
                        "VALUES (1, 0, '', ?1, 2, ?2)"},
@@ -1195,9 +1196,12 @@ static int put_new(idx_t *idx, struct idx_file *row)
     sqlite3_bind_int64(idx->st[S_FILE_INSERT], 1, row->parent);
     sqlite3_bind_text(idx->st[S_FILE_INSERT], 2, row->name, -1, SQLITE_STATIC);
     bind_file_attrs(idx->st[S_FILE_INSERT], row);
+    /* the row id is the row's first version: like versions, ids are never reused, so a FUSE
+     * inode number never names two files over the life of a cache (a kernel that still holds
+     * the old inode would otherwise take the new file for the deleted one) */
     if ((r = exec(idx, S_FILE_INSERT)) < 0)
         return r;
-    row->id = sqlite3_last_insert_rowid(idx->db);
+    row->id = (int64_t)row->version;
     return 0;
 }
 

@@ -33,7 +33,8 @@
 typedef struct idx idx_t;
 
 struct idx_file {
-    int64_t id;                  /* row id; stable across reopen; used as the FUSE inode number */
+    int64_t id;                  /* row id; stable across reopen, never reused (the row's first
+                                    version); used as the FUSE inode number */
     int64_t parent;              /* row id of the parent directory; 0 for the root */
     char name[IDX_NAME_MAX + 1]; /* NUL-terminated component; "" for the root */
     uint64_t dev, ino;           /* identity on the source machine */

@@ -24,7 +24,7 @@ mount_it() {
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 
 mount_it
-mount | grep "on $MNT type fuse.offload (ro,nosuid,nodev" >/dev/null ||
+mount | grep "on $MNT type fuse.offload (rw,nosuid,nodev" >/dev/null ||
 	fail "mount options: $(mount | grep "$MNT")"
 # parallel readers on a cold cache: the same big file (shared fetches) and different files at once
 want=$(sha256sum <"$SRC/big.bin" | cut -d' ' -f1)

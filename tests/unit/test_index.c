@@ -1203,6 +1203,19 @@ START_TEST(test_blocks_truncate_drops_from_block_and_keeps_totals)
 }
 END_TEST
 
+START_TEST(test_row_ids_never_reused)
+{
+    struct idx_file got;
+    int64_t a = put_file(IDX_ROOT_ID, "a", 1);
+
+    ck_assert_int_eq(idx_delete(idx, a, NULL, NULL), 0);
+    int64_t b = put_file(IDX_ROOT_ID, "b", 1);
+    ck_assert_msg(b != a, "a deleted row's id %lld was given to a new row", (long long)a);
+    ck_assert_int_eq(idx_get(idx, a, &got), -ENOENT);
+    ck_assert_int_eq(idx_check(idx), 0);
+}
+END_TEST
+
 /* ---- resolve ---- */
 
 START_TEST(test_resolve_walks_paths_from_the_root)
@@ -2813,6 +2826,7 @@ static Suite *index_suite(void)
     tcase_add_test(tc, test_delete_missing_is_enoent);
     tcase_add_test(tc, test_delete_root_refused);
     tcase_add_test(tc, test_resolve_walks_paths_from_the_root);
+    tcase_add_test(tc, test_row_ids_never_reused);
     tcase_add_test(tc, test_blocks_truncate_drops_from_block_and_keeps_totals);
     tcase_add_test(tc, test_rename_moves_subtree_keeping_ids_and_blocks);
     tcase_add_test(tc, test_rename_replaces_target_and_calls_gone);
