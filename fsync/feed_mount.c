@@ -70,6 +70,8 @@ struct fm {
     uint32_t hn;
     uint8_t *hh;
     uint64_t batches, applied;
+    struct md_reflection *rq; /* reflections of the open batch, made after its commit */
+    size_t n_rq, cap_rq;
 };
 
 /* --- held set and outgoing frames (any thread) --------------------------------------------- */
@@ -132,6 +134,45 @@ void fm_hold(struct mountd *m, int64_t id)
 }
 
 /* --- applying ------------------------------------------------------------------------------ */
+
+/* Reflections go through the mount, which may wait for locks held by processes that in turn wait
+ * for the index (an fsync waits for the write-back, which cannot scan the journal while a batch
+ * is open): so they are made after the batch's commit, never inside it. */
+static void reflect_later(struct fm *fm, const struct md_reflection *rf)
+{
+    if (fm->n_rq == fm->cap_rq) {
+        size_t cap = fm->cap_rq ? fm->cap_rq * 2 : 64;
+        struct md_reflection *v = realloc(fm->rq, cap * sizeof(*v));
+        if (!v)
+            return; /* an event fewer for the watchers; the data is right */
+        fm->rq = v;
+        fm->cap_rq = cap;
+    }
+    struct md_reflection *q = &fm->rq[fm->n_rq];
+    *q = *rf;
+    q->path = strdup(rf->path);
+    q->path2 = rf->path2 ? strdup(rf->path2) : NULL;
+    q->hide_name = rf->hide_name ? strdup(rf->hide_name) : NULL;
+    if (!q->path || (rf->path2 && !q->path2) || (rf->hide_name && !q->hide_name)) {
+        free((char *)q->path);
+        free((char *)q->path2);
+        free((char *)q->hide_name);
+        return;
+    }
+    fm->n_rq++;
+}
+
+static void reflect_queued(struct fm *fm, bool run)
+{
+    for (size_t i = 0; i < fm->n_rq; i++) {
+        if (run)
+            md_reflect(fm->m, &fm->rq[i]);
+        free((char *)fm->rq[i].path);
+        free((char *)fm->rq[i].path2);
+        free((char *)fm->rq[i].hide_name);
+    }
+    fm->n_rq = 0;
+}
 
 static void split(const char *path, char *dir, size_t len, const char **base)
 {
@@ -338,15 +379,20 @@ static int apply_entry(struct fm *fm, const struct feed_entry *e)
                 old.ctime_ns != f.ctime_ns || old.nlink != f.nlink;
     if (known && meta)
         md_queue_inval(m, (fuse_ino_t)f.id);
-    if (!known && *e->path && fm->snap_seen)
+    if (!known && *e->path && fm->snap_seen) {
         md_queue_inval_entry(m, (fuse_ino_t)parent.id, base); /* a negative dentry */
+        if (m->o.debug)
+            md_log(m, "feed: new entry '%s'", e->path);
+    }
     fm->applied++;
+    if (m->o.debug && fm->snap_seen && !fm->in_snap && known && meta)
+        md_log(m, "feed: changed entry '%s'%s", e->path, changed == 1 ? " (content)" : "");
     if (fm->snap_seen && !fm->in_snap && *e->path && (!known || meta)) {
         struct md_reflection rf = {.path = e->path, .mode = f.mode, .mtime_ns = f.mtime_ns};
         rf.kind = !known ? MD_RF_CREATE : changed == 1 ? MD_RF_MODIFY : MD_RF_ATTRIB;
         rf.hide_parent = parent.id;
         rf.hide_name = base;
-        md_reflect(m, &rf);
+        reflect_later(fm, &rf);
     }
     return 0;
 }
@@ -371,7 +417,7 @@ static int apply_remove(struct fm *fm, const char *path)
     fm->applied++;
     if (fm->snap_seen && !fm->in_snap) {
         struct md_reflection rf = {.kind = MD_RF_DELETE, .path = path, .ghost = f};
-        md_reflect(m, &rf);
+        reflect_later(fm, &rf);
     }
     return 0;
 }
@@ -406,7 +452,7 @@ static int apply_rename(struct fm *fm, const char *from, const char *to)
                                    .hide_parent = dst.id,
                                    .hide_name = base,
                                    .ghost = f};
-        md_reflect(m, &rf);
+        reflect_later(fm, &rf);
     }
     return 0;
 }
@@ -578,6 +624,7 @@ static int on_frame(struct fm *fm, const struct feed_msg *msg, uint64_t *ack)
         if (fm->in_batch && (r = idx_commit(m->idx)) < 0)
             return r;
         fm->in_batch = false;
+        reflect_queued(fm, true);
         fm->batches++;
         FS_STAT_ADD(&m->st, feed_batches, 1);
         *ack = msg->u.generation;
@@ -611,8 +658,11 @@ static void feed_close(struct fm *fm)
     fm->pend_id = 0;
     pthread_cond_broadcast(&fm->pend_cond);
     pthread_mutex_unlock(&fm->lock);
+    reflect_queued(fm, false);
     if (fm->in_batch) {
-        idx_rollback(fm->m->idx);
+        /* not a rollback: the batch may hold other threads' changes (journal rows); what was
+         * applied of the broken batch is made right by the next snapshot */
+        idx_commit(fm->m->idx);
         fm->in_batch = false;
     }
     if (fm->ch) {
@@ -810,6 +860,7 @@ void fm_stop(struct mountd *m)
     atomic_store(&m->feed_live, false);
     m->fm = NULL;
     buf_free(&fm->out);
+    free(fm->rq);
     free(fm->held);
     free(fm->hh);
     pthread_cond_destroy(&fm->snap_cond);

@@ -580,10 +580,11 @@ static int refresh_dir_once(struct mountd *m, int64_t dir, int depth)
             r = idx_prune_children(m->idx, dir, c.start, md_gone_cb, m);
         if (r == 0)
             r = idx_set_listed(m->idx, dir, c.start);
+        /* never a rollback: the batch belongs to the index connection, and other threads'
+         * changes (journal rows among them) may be in it; what was recorded is true anyway */
+        int c2 = idx_commit(m->idx);
         if (r == 0)
-            r = idx_commit(m->idx);
-        else
-            idx_rollback(m->idx);
+            r = c2;
         if (r == 0)
             queue_prefetch(m, &c, depth - 1);
     }
@@ -1863,22 +1864,51 @@ static uint64_t path_hash(const char *p)
     return h ? h : 1;
 }
 
+/* The recent-path table: open addressing with linear probing; a slot is free when never used or
+ * when its time is older than the echo window, so entries expire instead of being evicted. */
+#define RECENT_PROBE 256
+
 void md_note_local(struct mountd *m, const char *path)
 {
     uint64_t h = path_hash(path);
+    size_t n = sizeof(m->recent) / sizeof(m->recent[0]);
+    int64_t now = md_wall_ns();
+    struct recent_path *slot = NULL, *oldest = NULL;
     pthread_mutex_lock(&m->recent_lock);
-    struct recent_path *r = &m->recent[h % (sizeof(m->recent) / sizeof(m->recent[0]))];
-    r->hash = h; /* a collision evicts the older path: at worst an echo is applied */
-    r->t = md_wall_ns();
+    for (size_t i = 0; i < RECENT_PROBE; i++) {
+        struct recent_path *r = &m->recent[(h + i) % n];
+        if (r->hash == h) {
+            slot = r;
+            break;
+        }
+        if (!slot && (r->hash == 0 || now - r->t >= ECHO_WINDOW_NS))
+            slot = r; /* keep probing: the path may sit further on */
+        if (!oldest || r->t < oldest->t)
+            oldest = r;
+    }
+    if (!slot)
+        slot = oldest; /* 256 live neighbours: give up the oldest (at worst an echo is applied) */
+    slot->hash = h;
+    slot->t = now;
     pthread_mutex_unlock(&m->recent_lock);
 }
 
 bool md_recent_local(struct mountd *m, const char *path)
 {
     uint64_t h = path_hash(path);
+    size_t n = sizeof(m->recent) / sizeof(m->recent[0]);
+    int64_t now = md_wall_ns();
+    bool recent = false;
     pthread_mutex_lock(&m->recent_lock);
-    struct recent_path *r = &m->recent[h % (sizeof(m->recent) / sizeof(m->recent[0]))];
-    bool recent = r->hash == h && md_wall_ns() - r->t < ECHO_WINDOW_NS;
+    for (size_t i = 0; i < RECENT_PROBE; i++) {
+        struct recent_path *r = &m->recent[(h + i) % n];
+        if (r->hash == 0)
+            break;
+        if (r->hash == h) {
+            recent = now - r->t < ECHO_WINDOW_NS;
+            break;
+        }
+    }
     pthread_mutex_unlock(&m->recent_lock);
     return recent;
 }
@@ -1913,13 +1943,13 @@ static int journal(struct mountd *m, enum idx_jkind kind, int64_t file, const ch
     return r;
 }
 
+/* End a batch. Never a rollback, even after a failure: the batch belongs to the index connection
+ * and may hold other threads' changes (journal rows, the feed's batch); every step before the
+ * failure was complete and true on its own. */
 static int end_batch(struct mountd *m, int r)
 {
-    if (r < 0) {
-        idx_rollback(m->idx);
-        return r;
-    }
-    if ((r = idx_commit(m->idx)) == 0)
+    int c = idx_commit(m->idx);
+    if (r == 0 && (r = c) == 0)
         wb_kick(m);
     return r;
 }
@@ -2044,7 +2074,8 @@ static void op_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, cons
 
 static int has_child(void *arg, const struct idx_file *f)
 {
-    (void)arg, (void)f;
+    if (arg)
+        snprintf(arg, NAME_MAX + 1, "%s", f->name);
     return 1;
 }
 
@@ -2071,7 +2102,10 @@ static void remove_entry(fuse_req_t req, fuse_ino_t parent, const char *name, bo
         fuse_reply_err(req, dir ? ENOTDIR : EISDIR);
         return;
     }
-    if (dir && idx_children(m->idx, f.id, 0, has_child, NULL) == 1) {
+    char child[NAME_MAX + 1];
+    if (dir && idx_children(m->idx, f.id, 0, has_child, child) == 1) {
+        if (m->o.debug)
+            md_log(m, "cannot remove folder '%s': it holds '%s'", f.name, child);
         fuse_reply_err(req, ENOTEMPTY);
         return;
     }
@@ -2466,7 +2500,10 @@ static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
 {
     (void)datasync, (void)fi;
-    fuse_reply_err(req, -wb_wait(M(req), (int64_t)ino, WB_FSYNC_TIMEOUT_MS));
+    int r = wb_wait(M(req), (int64_t)ino, WB_FSYNC_TIMEOUT_MS);
+    if (r)
+        md_log(M(req), "fsync of file %" PRIu64 ": %s", (uint64_t)ino, strerror(-r));
+    fuse_reply_err(req, -r);
 }
 
 static void op_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)

@@ -135,7 +135,7 @@ struct mountd {
     struct recent_path {
         uint64_t hash; /* of the source path */
         int64_t t;     /* last changed here, or acknowledged by the source */
-    } recent[4096];    /* protected by recent_lock */
+    } recent[65536];   /* protected by recent_lock */
     atomic_bool mounted;
     _Atomic pid_t rf_tid; /* the thread that reflects (the feed thread) */
     pthread_mutex_t rf_lock;
@@ -186,7 +186,7 @@ int md_node_path(struct mountd *m, int64_t id, char *out, size_t len);
  * the call is acknowledged, and returns the first write-back error of that file not reported yet
  * (and forgets it), or -EIO when the time ran out (any thread but the sender). */
 #define WB_FSYNC_TIMEOUT_MS 60000
-#define ECHO_WINDOW_NS      (3LL * 1000000000) /* a feed change this close to our own is its echo */
+#define ECHO_WINDOW_NS      (5LL * 1000000000) /* a feed change this close to our own is its echo */
 /* Note that the source path 'path' was changed through the mount (now, or acknowledged now). */
 void md_note_local(struct mountd *m, const char *path);
 /* Was the source path changed through the mount in the last ECHO_WINDOW_NS (or is a change of

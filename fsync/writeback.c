@@ -51,6 +51,7 @@ struct wb {
     bool stop, kicked;      /* protected by lock */
     struct wb_row *done;    /* answered rows; protected by lock */
     size_t inflight;        /* protected by lock */
+    uint64_t drains;        /* protected by lock: settles so far, for waiters not to miss one */
     struct wb_err {
         int64_t file;
         int err;
@@ -344,6 +345,7 @@ static void settle(struct wb *wb)
     idx_commit(m->idx);
     pthread_mutex_lock(&wb->lock);
     wb->inflight -= n;
+    wb->drains++;
     pthread_cond_broadcast(&wb->drained);
     pthread_mutex_unlock(&wb->lock);
     while (list) {
@@ -389,7 +391,10 @@ static void *wb_main(void *arg)
             continue;
         struct scan_ctx c = {.wb = wb};
         size_t room = WB_INFLIGHT - inflight;
-        idx_journal_scan(m->idx, wb->last_sent, room < WB_SCAN ? room : WB_SCAN, scan_each, &c);
+        int sr =
+            idx_journal_scan(m->idx, wb->last_sent, room < WB_SCAN ? room : WB_SCAN, scan_each, &c);
+        if (sr < 0 && sr != -EBUSY && m->o.debug)
+            md_log(m, "write-back: journal scan: %s", strerror(-sr));
     }
     for (size_t i = 0; i < WB_HANDLES; i++)
         if (wb->handles[i].file)
@@ -426,6 +431,15 @@ void wb_kick(struct mountd *m)
     pthread_mutex_unlock(&wb->lock);
 }
 
+static int log_row(void *arg, const struct idx_jentry *e)
+{
+    md_log(arg,
+           "write-back: journal row %" PRId64 " kind %d file %" PRId64 " '%s' off %" PRIu64
+           " len %" PRIu64 " still waiting",
+           e->seq, (int)e->kind, e->file, e->path, e->off, e->len);
+    return 0;
+}
+
 int wb_wait(struct mountd *m, int64_t file, int timeout_ms)
 {
     struct wb *wb = m->wb;
@@ -442,12 +456,27 @@ int wb_wait(struct mountd *m, int64_t file, int timeout_ms)
     int r = 0;
     for (; timeout_ms > 0;) {
         uint64_t n = 0;
+        pthread_mutex_lock(&wb->lock);
+        uint64_t seen = wb->drains; /* read before counting: a settle in between is not missed */
+        pthread_mutex_unlock(&wb->lock);
         if (idx_journal_count(m->idx, file, upto, &n) < 0 || n == 0)
             break;
+        int w = 0;
         pthread_mutex_lock(&wb->lock);
-        int w = pthread_cond_timedwait(&wb->drained, &wb->lock, &until);
+        while (wb->drains == seen && w != ETIMEDOUT)
+            w = pthread_cond_timedwait(&wb->drained, &wb->lock, &until);
         pthread_mutex_unlock(&wb->lock);
         if (w == ETIMEDOUT) {
+            pthread_mutex_lock(&wb->lock);
+            size_t inflight = wb->inflight;
+            pthread_mutex_unlock(&wb->lock);
+            int sr = idx_journal_scan(m->idx, 0, 3, log_row, m);
+            if (sr < 0)
+                md_log(m, "write-back: the journal cannot be scanned: %s", strerror(-sr));
+            md_log(m,
+                   "write-back of file %" PRId64 " not done after %d ms (%" PRIu64
+                   " rows left up to %" PRId64 ", %zu in flight, last sent %" PRId64 ")",
+                   file, timeout_ms, n, upto, inflight, wb->last_sent);
             r = -EIO;
             break;
         }
