@@ -72,6 +72,8 @@ struct fm {
     uint64_t batches, applied;
     struct md_reflection *rq; /* reflections of the open batch, made after its commit */
     size_t n_rq, cap_rq;
+    int64_t *keep; /* rows with journal rows: a snapshot must not prune them */
+    size_t n_keep, cap_keep;
 };
 
 /* --- held set and outgoing frames (any thread) --------------------------------------------- */
@@ -582,10 +584,45 @@ static int send_out(struct fm *fm)
     }
 }
 
+static int keep_row(void *arg, const struct idx_jentry *e)
+{
+    struct fm *fm = arg;
+    if (!e->file)
+        return 0;
+    if (fm->n_keep == fm->cap_keep) {
+        size_t cap = fm->cap_keep ? fm->cap_keep * 2 : 64;
+        int64_t *v = realloc(fm->keep, cap * sizeof(*v));
+        if (!v)
+            return -ENOMEM;
+        fm->keep = v;
+        fm->cap_keep = cap;
+    }
+    fm->keep[fm->n_keep++] = e->file;
+    return 0;
+}
+
+/* Rows changed here and not yet written back are not in the source's snapshot: remember them
+ * (before the snapshot's batch opens: the journal cannot be scanned inside a batch). */
+static int collect_pending(struct fm *fm)
+{
+    fm->n_keep = 0;
+    for (int tries = 0; tries < 200; tries++) {
+        int r = idx_journal_scan(fm->m->idx, 0, SIZE_MAX, keep_row, fm);
+        if (r != -EBUSY)
+            return r;
+        fm->n_keep = 0;
+        struct timespec ts = {0, 5 * 1000000};
+        nanosleep(&ts, NULL);
+    }
+    return -EBUSY;
+}
+
 static int on_frame(struct fm *fm, const struct feed_msg *msg, uint64_t *ack)
 {
     struct mountd *m = fm->m;
     int r = 0;
+    if (msg->type == FEED_SNAP_BEGIN && !fm->in_batch && (r = collect_pending(fm)) < 0)
+        return r;
     if (!fm->in_batch && msg->type != FEED_BATCH_END && msg->type != FEED_HELLO &&
         msg->type != FEED_ERROR) {
         idx_begin(m->idx);
@@ -607,6 +644,8 @@ static int on_frame(struct fm *fm, const struct feed_msg *msg, uint64_t *ack)
             return -EPROTO;
         {
             struct prune_ctx p = {m, fm->stamp};
+            for (size_t i = 0; i < fm->n_keep; i++)
+                idx_touch_attr(m->idx, fm->keep[i], fm->stamp); /* not on the source yet */
             idx_prune_children(m->idx, IDX_ROOT_ID, fm->stamp, md_gone_cb, m);
             r = idx_children(m->idx, IDX_ROOT_ID, 0, prune_each, &p);
         }
@@ -861,6 +900,7 @@ void fm_stop(struct mountd *m)
     m->fm = NULL;
     buf_free(&fm->out);
     free(fm->rq);
+    free(fm->keep);
     free(fm->held);
     free(fm->hh);
     pthread_cond_destroy(&fm->snap_cond);

@@ -2812,7 +2812,9 @@ int fs_mount_run(const struct fs_mount_opts *o, int ready_fd)
     root.parent = 0;
     attr_to_file(&ra, md_wall_ns(), &root);
     root.list_time_ns = 0;
-    if ((r = meta_put(m, &root)) != 0 || root.id != IDX_ROOT_ID) {
+    /* keep the root's version: a folder's version means nothing, and a change of identity is
+     * refused while files below hold local writes not yet written back */
+    if ((r = idx_put_keep_version(m->idx, &root)) != 0 || root.id != IDX_ROOT_ID) {
         fprintf(stderr, "offload: cannot record the root in the index (%d)\n", r);
         goto out;
     }
