@@ -1849,10 +1849,14 @@ static int child_path(struct mountd *m, int64_t parent, const char *name, char *
     int r = md_node_path(m, parent, dir, sizeof(dir));
     if (r != 0)
         return r;
-    size_t n = strlen(dir);
-    if (n + strlen(name) + 2 > len)
+    size_t n = strlen(dir), k = strlen(name);
+    bool slash = strcmp(dir, "/") != 0;
+    if (n + slash + k + 1 > len)
         return -ENAMETOOLONG;
-    snprintf(out, len, "%s%s%s", dir, strcmp(dir, "/") == 0 ? "" : "/", name);
+    memcpy(out, dir, n);
+    if (slash)
+        out[n++] = '/';
+    memcpy(out + n, name, k + 1);
     return 0;
 }
 
@@ -2354,7 +2358,7 @@ static int local_content(struct mountd *m, int64_t id, const char *data, size_t 
     }
     idx_begin(m->idx);
     pthread_mutex_lock(&of->lock);
-    uint64_t old = of->size, from, to;
+    uint64_t old = of->size, from = 0, to = 0;
     if (data) {
         uint64_t end = (uint64_t)off + size;
         wait_fetches(of, (uint64_t)off / FS_BLOCK_SIZE, end / FS_BLOCK_SIZE);
