@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -174,6 +175,13 @@ int cmd_serve(int argc, char **argv)
         printf("exporting '%s' as /%s%s\n", path, names[nroots - 1], ro ? " (read-only)" : "");
     }
 
+    /* every open SFTP handle is a descriptor: a mount keeps up to ~1100 of them (read handles of
+     * recently read files, write handles), and several mounts may share the endpoint */
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
     if (!*details) {
         const char *run = getenv("XDG_RUNTIME_DIR");
         if (geteuid() == 0) {

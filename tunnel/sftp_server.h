@@ -59,7 +59,7 @@
 #define SFS_READ_MAX      (256 * 1024)          /* longest READ reply, and WRITE accepted */
 #define SFS_PACKET_MAX    (SFS_READ_MAX + 1024) /* longest request packet (without its length) */
 #define SFS_REPLY_MAX     (SFS_READ_MAX + 1024) /* longest reply packet, length included */
-#define SFS_HANDLES_MAX   1024                  /* open handles per server */
+#define SFS_HANDLES_MAX   4096                  /* open handles per server */
 #define SFS_READDIR_BATCH 100                   /* names per READDIR reply */
 
 struct sfs_root {
