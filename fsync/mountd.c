@@ -765,7 +765,7 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 }
 
 static void of_put(struct mountd *m, struct ofile *of);
-static struct ofile *of_orphan(struct mountd *m, int64_t id);
+static struct ofile *of_find_loaded(struct mountd *m, int64_t id);
 
 static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
@@ -776,7 +776,7 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 
     (void)fi;
     if ((r = get_fresh(m, (int64_t)ino, &f)) != 0) {
-        struct ofile *of = r == -ENOENT ? of_orphan(m, (int64_t)ino) : NULL;
+        struct ofile *of = r == -ENOENT ? of_find_loaded(m, (int64_t)ino) : NULL;
         if (of) { /* removed while open: an fstat still works, with no link left */
             pthread_mutex_lock(&of->lock);
             f = of->want;
@@ -1084,7 +1084,7 @@ static struct ofile *of_get(struct mountd *m, const struct idx_file *f, int *err
 /* The loaded open file of 'id', with a reference, or NULL. After the file's row is gone (removed
  * or replaced while open), this is what still serves the processes that have it open: what is
  * cached stays readable and writable, as on a local disk; its data is no longer anybody's. */
-static struct ofile *of_orphan(struct mountd *m, int64_t id)
+static struct ofile *of_find_loaded(struct mountd *m, int64_t id)
 {
     pthread_mutex_lock(&m->of_lock);
     struct ofile *of = m->of_hash[(uint64_t)id % OF_BUCKETS];
@@ -1103,13 +1103,7 @@ static struct ofile *of_orphan(struct mountd *m, int64_t id)
 void md_block_cached(struct mountd *m, int64_t id, uint64_t version, uint64_t blk,
                      const uint8_t hash[16])
 {
-    pthread_mutex_lock(&m->of_lock);
-    struct ofile *of = m->of_hash[(uint64_t)id % OF_BUCKETS];
-    while (of && of->id != id)
-        of = of->next;
-    if (of)
-        of->refs++;
-    pthread_mutex_unlock(&m->of_lock);
+    struct ofile *of = of_find_loaded(m, id); /* the loaded open file, if any */
     if (!of)
         return;
     pthread_mutex_lock(&of->lock);
@@ -1124,13 +1118,7 @@ void md_block_cached(struct mountd *m, int64_t id, uint64_t version, uint64_t bl
 
 void md_block_changed(struct mountd *m, int64_t id, uint64_t version, uint64_t blk)
 {
-    pthread_mutex_lock(&m->of_lock);
-    struct ofile *of = m->of_hash[(uint64_t)id % OF_BUCKETS];
-    while (of && of->id != id)
-        of = of->next;
-    if (of)
-        of->refs++;
-    pthread_mutex_unlock(&m->of_lock);
+    struct ofile *of = of_find_loaded(m, id); /* the loaded open file, if any */
     if (!of)
         return;
     pthread_mutex_lock(&of->lock);
@@ -1786,7 +1774,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
         /* no-open mode: the file is found by inode, at its current version */
         struct idx_file f;
         if ((r = idx_get(m->idx, (int64_t)ino, &f)) == -ENOENT &&
-            (of = of_orphan(m, (int64_t)ino)) != NULL) {
+            (of = of_find_loaded(m, (int64_t)ino)) != NULL) {
             r = 0; /* removed while open: served from what is here */
         } else if (r != 0 || !S_ISREG(f.mode)) {
             reply_err(req, r ? r : -EINVAL);
@@ -2306,7 +2294,7 @@ static int local_content(struct mountd *m, int64_t id, const char *data, size_t 
     char path[PATH_MAX];
     int r;
     if ((r = idx_get(m->idx, id, &f)) == -ENOENT && data) {
-        struct ofile *of = of_orphan(m, id);
+        struct ofile *of = of_find_loaded(m, id);
         if (!of)
             return r;
         /* removed while open: the writer goes on in the cache file nobody else sees */
