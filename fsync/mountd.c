@@ -1848,11 +1848,18 @@ static int child_path(struct mountd *m, int64_t parent, const char *name, char *
     return 0;
 }
 
-static uint64_t path_hash(const char *p)
+static uint64_t fnv1a(const char *s)
 {
     uint64_t h = 1469598103934665603ULL;
-    for (; *p; p++)
-        h = (h ^ (uint8_t)*p) * 1099511628211ULL;
+    for (; *s; s++)
+        h = (h ^ (uint8_t)*s) * 1099511628211ULL;
+    return h;
+}
+
+/* 0 marks a never-used slot of the recent-path table */
+static uint64_t path_hash(const char *p)
+{
+    uint64_t h = fnv1a(p);
     return h ? h : 1;
 }
 
@@ -2579,14 +2586,6 @@ const char *fs_mount_known_opts(void)
 {
     return "ro, allow_other, allow_root, default_permissions, nosuid, nodev, noexec, noatime, "
            "relatime, auto_unmount, reconnect, flush_on_close";
-}
-
-static uint64_t fnv1a(const char *s)
-{
-    uint64_t h = 1469598103934665603ULL;
-    for (; *s; s++)
-        h = (h ^ (uint8_t)*s) * 1099511628211ULL;
-    return h;
 }
 
 int fs_mount_stats_path(const char *mountpoint, char *out, size_t len)

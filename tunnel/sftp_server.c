@@ -828,7 +828,8 @@ static int do_readdir(struct req *q)
     return 0;
 }
 
-static int do_remove(struct req *q)
+/* REMOVE and RMDIR: one path, removed beneath its root by 'rm'. */
+static int remove_path(struct req *q, int (*rm)(cf_root_t *, const char *))
 {
     struct vpath v;
     int r;
@@ -837,10 +838,15 @@ static int do_remove(struct req *q)
         return r;
     if (v.kind == V_NOROOT)
         return -ENOENT;
-    if ((r = need_inside(&v)) != 0 || (r = cf_unlink(root_of(q->s, v.root), v.rel)) != 0)
+    if ((r = need_inside(&v)) != 0 || (r = rm(root_of(q->s, v.root), v.rel)) != 0)
         return r;
     changed(q->s, v.root, v.rel);
     return reply_status(q, 0);
+}
+
+static int do_remove(struct req *q)
+{
+    return remove_path(q, cf_unlink);
 }
 
 static int do_mkdir(struct req *q)
@@ -865,17 +871,7 @@ static int do_mkdir(struct req *q)
 
 static int do_rmdir(struct req *q)
 {
-    struct vpath v;
-    int r;
-
-    if ((r = get_path(q, &v)) != 0)
-        return r;
-    if (v.kind == V_NOROOT)
-        return -ENOENT;
-    if ((r = need_inside(&v)) != 0 || (r = cf_rmdir(root_of(q->s, v.root), v.rel)) != 0)
-        return r;
-    changed(q->s, v.root, v.rel);
-    return reply_status(q, 0);
+    return remove_path(q, cf_rmdir);
 }
 
 static int do_realpath(struct req *q)
