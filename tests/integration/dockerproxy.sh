@@ -5,7 +5,8 @@
 # the cloud bytes proves the source was rewritten, and docker inspect shows the rewritten path.
 # Also: read-only --mount, named volumes untouched, dockerd's own error for a missing --mount
 # source, refusal of an unshared path, hijacked streams with half-close (run -i, exec -i),
-# logs -f streaming, cp both ways, build (chunked upload), version negotiation, compose up/down.
+# logs -f and events streaming, run -it on a tty, cp both ways, build (chunked upload), version
+# negotiation, compose up/down.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/docker_lib.sh"
@@ -127,6 +128,23 @@ kill -0 "$logs_pid" 2>/dev/null || fail "docker logs -f ended early"
 dk rm -f logc >/dev/null
 wait "$logs_pid" || true
 pass "docker logs -f: a line written later arrives while the stream stays open"
+
+# --- events streams; run -it over a pseudo-terminal -------------------------------------------------
+dk events --filter container=evc --format '{{.Action}}' >"$T/events.out" 2>&1 &
+events_pid=$!
+sleep 0.5 # the events stream is open before the container exists
+dk run --name evc --rm --network none offload-test:busybox true
+for _ in $(seq 200); do grep -qx destroy "$T/events.out" && break; sleep 0.05; done
+assert_eq "create attach start die destroy" "$(grep -xE 'create|attach|start|die|destroy' "$T/events.out" | tr '\n' ' ' | sed 's/ $//')" "docker events"
+kill -0 "$events_pid" 2>/dev/null || fail "docker events ended early"
+kill "$events_pid"
+wait "$events_pid" 2>/dev/null || true
+tty_run() { # docker run -it on a pseudo-terminal, its output with ^@ and CR dropped (the
+	# terminal echoes a NUL the CLI writes, with or without the proxy)
+	timeout 60 script -qec "docker run -it --rm --network none offload-test:busybox sh -c 'test -t 0 && echo tty-ok'" /dev/null </dev/null | tr -d '\r' | sed 's/^\^@//'
+}
+assert_eq "tty-ok" "$(tty_run)" "docker run -it with a terminal"
+pass "docker events streams while open; docker run -it gets a terminal"
 
 # --- cp both ways ----------------------------------------------------------------------------------------
 head -c 3000000 /dev/urandom >"$T/cpin.bin"
