@@ -14,6 +14,10 @@ static const struct {
     {"mount", cmd_mount, "lazily mount [user@]host:/path on a directory (standalone, over SFTP)"},
     {"inspect", cmd_inspect, "show what a mount is doing (counters as JSON)"},
     {"serve", cmd_serve, "export folders of this machine (SFTP and the change feed, confined)"},
+    {"connect", cmd_connect, "connect to a cloud docker host: docker -v serves this machine's files"},
+    {"status", cmd_status, "show the connected session (offload connect)"},
+    {"disconnect", cmd_disconnect, "end the connected session"},
+    {"mountd", cmd_mountd, "the cloud side of a session (run by offload connect over ssh)"},
 };
 
 int parse_size(const char *s, uint64_t *out)
@@ -99,6 +103,10 @@ int main(int argc, char **argv)
     if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
         strcmp(argv[1], "help") == 0) {
         usage(stdout);
+        return 0;
+    }
+    if (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "version") == 0) {
+        printf("offload %s\n", OFFLOAD_VERSION);
         return 0;
     }
     for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
