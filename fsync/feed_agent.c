@@ -370,14 +370,39 @@ static int add_hashes(struct batch *b, const char *rel, uint64_t version, uint64
     return 0;
 }
 
-/* Hash the file's blocks and store them in the index. With a batch, queue HASHES (and DATA) for
- * the blocks that changed since 'old' (all of them when old is NULL); without, only record. */
-static int hash_file(fa_t *fa, struct fa_export *ex, const char *rel, const struct idx_file *f,
-                     const struct old_hashes *old, struct batch *b)
+/* The file 'rel' opened for hashing, and its stat. -ENOENT (or another error) when it cannot be,
+ * -EAGAIN when what is there now is not a regular file. */
+static int open_regular(struct fa_export *ex, const char *rel, int *fd, struct stat *st)
 {
-    int fd, r;
-    if ((r = cf_openat(ex->r->root, rel, O_RDONLY | O_NOFOLLOW | O_NONBLOCK, 0, &fd)) < 0)
-        return r == -ENOENT ? 0 : r; /* gone again: the next event says so */
+    int r = cf_openat(ex->r->root, rel, O_RDONLY | O_NOFOLLOW | O_NONBLOCK, 0, fd);
+    if (r < 0)
+        return r;
+    if (fstat(*fd, st) != 0 || !S_ISREG(st->st_mode)) {
+        close(*fd);
+        return -EAGAIN;
+    }
+    return 0;
+}
+
+/* Hash the file's blocks and store them in the index. With a batch, queue HASHES (and DATA) for
+ * the blocks that changed since 'old' (all of them when old is NULL); without, only record.
+ * 'fd' is the inode f describes (its stat made f), or -1: then the path is opened here, and if
+ * another inode is there now nothing is hashed (its own event follows). The hashes always belong
+ * to the inode the row announces, never to a file that replaced it meanwhile. */
+static int hash_file(fa_t *fa, struct fa_export *ex, const char *rel, const struct idx_file *f,
+                     const struct old_hashes *old, struct batch *b, int fd)
+{
+    int r;
+    bool own = fd < 0;
+    if (own) {
+        struct stat st;
+        if ((r = open_regular(ex, rel, &fd, &st)) < 0)
+            return r == -ENOENT || r == -EAGAIN ? 0 : r; /* gone again: the next event says so */
+        if (st.st_ino != f->ino || st.st_dev != f->dev || (uint64_t)st.st_size != f->size) {
+            close(fd);
+            return 0; /* replaced since: the next event says so */
+        }
+    }
     bool small = f->size <= FA_BLOCK;
     bool held = b && !small && held_by_any(fa, ex, rel);
     uint64_t nblocks = (f->size + FA_BLOCK - 1) / FA_BLOCK;
@@ -443,7 +468,8 @@ static int hash_file(fa_t *fa, struct fa_export *ex, const char *rel, const stru
         r = add_hashes(b, rel, f->version, run_first, run_n, run);
     else
         free(run);
-    close(fd);
+    if (own)
+        close(fd);
     return r;
 }
 
@@ -579,6 +605,17 @@ static int sync_path(fa_t *fa, struct fa_export *ex, const char *rel, bool deep,
         !S_ISBLK(st.st_mode))
         return 0;
 
+    int fd = -1;
+    if (S_ISREG(st.st_mode) && ex->started && *rel) {
+        /* the row describes the inode whose blocks are hashed below: open it first and take its
+         * stat from the open file (a rename over the path in between cannot pair one file's
+         * metadata with another's hashes) */
+        struct stat ost;
+        if (open_regular(ex, rel, &fd, &ost) == 0)
+            st = ost;
+        else
+            fd = -1;
+    }
     struct old_hashes oh = {0};
     bool had_blocks = known && S_ISREG(old.mode) && S_ISREG(st.st_mode);
     if (had_blocks && (r = idx_blocks(ex->idx, old.id, old.version, collect_hash, &oh)) < 0)
@@ -634,12 +671,14 @@ static int sync_path(fa_t *fa, struct fa_export *ex, const char *rel, bool deep,
     /* the first scan records metadata only: blocks are hashed when a file changes, or when a
      * mount starts to hold it (HOLD), like git's index hashes what it must */
     if (S_ISREG(st.st_mode) && content && ex->started)
-        r = hash_file(fa, ex, rel, &f, had_blocks ? &oh : NULL, b);
+        r = hash_file(fa, ex, rel, &f, had_blocks ? &oh : NULL, b, fd);
     else if (S_ISDIR(st.st_mode) && (!known || deep || old.mtime_ns != f.mtime_ns))
         /* a folder whose mtime moved is listed again: a name that came and went between two
          * looks of the watcher cannot stay behind */
         r = sync_dir(fa, ex, rel, f.id, deep, b);
 out:
+    if (fd >= 0)
+        close(fd);
     free(oh.h);
     free(oh.len);
     return r;
@@ -1017,7 +1056,7 @@ static void hash_held(fa_t *fa)
         if (h.ex->started && idx_resolve(h.ex->idx, h.path, &f) == 0 && S_ISREG(f.mode) &&
             idx_blocks(h.ex->idx, f.id, f.version, count_block, &n) >= 0 && n == 0 && f.size) {
             idx_begin(h.ex->idx);
-            hash_file(fa, h.ex, h.path, &f, NULL, NULL);
+            hash_file(fa, h.ex, h.path, &f, NULL, NULL, -1);
             idx_commit(h.ex->idx);
             vlog(fa, "hashed '%s' for a mount that holds it", h.path);
         }

@@ -30,8 +30,10 @@
 
 /* A file whose content changed in the batch being applied. Its new version starts with no cached
  * block; the cached blocks of the old version are carried over when the file's HASHES are all in
- * (at the next frame about another file, or at BATCH_END), minus those the HASHES say changed. So
- * a reader never sees a carried block that turns out to be stale. */
+ * (at the next frame about another file, or at BATCH_END), minus those the HASHES say changed
+ * (blocks not listed are unchanged, docs/feed.md). What we hold of the old version is what the
+ * agent hashed for it: fetches store only bytes of the row's own inode (fetch_ident_done), and the
+ * agent hashes the inode it announced. So a reader never sees a carried block that is stale. */
 struct pending {
     int64_t id;          /* 0: none */
     struct idx_file now; /* the new version's row */
@@ -39,6 +41,7 @@ struct pending {
     struct idx_block *v; /* the old version's cached blocks, by blkno */
     bool *drop;          /* v[i] changed: not carried */
     size_t n, cap;
+    int in;              /* the old version's cache file, opened before its row can go; -1 */
 };
 
 struct fm {
@@ -231,8 +234,8 @@ static void pending_finish(struct fm *fm)
         return;
     const struct idx_file *f = &p->now;
     uint64_t nb = (f->size + FS_BLOCK_SIZE - 1) / FS_BLOCK_SIZE;
-    int in = p->n ? fs_cache_open_ro(m->cache_dir, p->old.id, p->old.version) : -1;
-    int out = p->n ? fs_cache_open(m->cache_dir, f->id, f->version, f->size) : -1;
+    int in = p->in;
+    int out = p->n && in >= 0 ? fs_cache_open(m->cache_dir, f->id, f->version, f->size) : -1;
     for (size_t i = 0; in >= 0 && out >= 0 && i < p->n; i++) {
         const struct idx_block *b = &p->v[i];
         uint64_t want = b->blkno + 1 < nb ? FS_BLOCK_SIZE : f->size - b->blkno * FS_BLOCK_SIZE;
@@ -265,6 +268,7 @@ static void pending_finish(struct fm *fm)
     free(p->v);
     free(p->drop);
     memset(p, 0, sizeof(*p));
+    p->in = -1;
     pthread_mutex_lock(&fm->lock);
     fm->pend_id = 0;
     pthread_cond_broadcast(&fm->pend_cond);
@@ -331,10 +335,36 @@ static int apply_entry(struct fm *fm, const struct feed_entry *e)
         known = false;
     }
     pending_finish(fm); /* a frame about another file: the last one's HASHES are all in */
-    struct pending next = {0};
+    struct pending next = {.in = -1};
     if (known && S_ISREG(old.mode) && !fm->in_snap &&
         idx_blocks(m->idx, old.id, old.version, collect_cached, &next) < 0)
         next.n = 0;
+    bool dirty = false;
+    for (size_t i = 0; i < next.n; i++)
+        dirty |= next.v[i].dirty;
+    if (next.n)
+        next.in = fs_cache_open_ro(m->cache_dir, old.id, old.version);
+    /* Another file under the same name (the laptop's inode changed: an editor's atomic save, a
+     * copy over it) is another file here too: the old row goes and a new one (a new inode number)
+     * takes the name, as on a local disk. A process that had the old file open keeps reading the
+     * old content, never a page-by-page mix of the two; blocks the HASHES show unchanged are
+     * still carried over. (Local writes not yet written back keep the row: idx_put refuses.) */
+    bool replaced = known && S_ISREG(old.mode) && S_ISREG(e->mode) && *e->path && old.ino != 0 &&
+                    (old.ino != e->ino || old.dev != e->dev) && !dirty;
+    if (replaced) {
+        if ((r = idx_delete(m->idx, old.id, md_gone_cb, m)) < 0) {
+            if (next.in >= 0)
+                close(next.in);
+            free(next.v);
+            return r;
+        }
+        md_queue_inval_entry(m, (fuse_ino_t)parent.id, base);
+        known = false;
+        if (fm->snap_seen && !fm->in_snap) {
+            struct md_reflection rf = {.kind = MD_RF_DELETE, .path = e->path, .ghost = old};
+            reflect_later(fm, &rf);
+        }
+    }
 
     f.mode = e->mode;
     f.uid = e->uid;
@@ -352,13 +382,19 @@ static int apply_entry(struct fm *fm, const struct feed_entry *e)
     if (changed == -EBUSY) {
         /* written through the mount and not yet written back: the local copy wins until it is
          * (the source sends the file again once it changes there) */
+        if (next.in >= 0)
+            close(next.in);
         free(next.v);
         return 0;
     }
     if (changed < 0) {
+        if (next.in >= 0)
+            close(next.in);
         free(next.v);
         return changed;
     }
+    if (replaced)
+        changed = 1; /* a new row: what it can take from the old one is carried over below */
     if (S_ISLNK(e->mode))
         idx_set_link(m->idx, f.id, e->link);
     if (changed == 1 && next.n && (next.drop = calloc(next.n, sizeof(bool)))) {
@@ -372,6 +408,8 @@ static int apply_entry(struct fm *fm, const struct feed_entry *e)
     } else {
         if (changed == 1)
             fs_cache_remove(m->cache_dir, old.id, old.version);
+        if (next.in >= 0)
+            close(next.in);
         free(next.v);
     }
     if (changed == 1)
@@ -379,6 +417,8 @@ static int apply_entry(struct fm *fm, const struct feed_entry *e)
     bool meta = !known || changed == 1 || old.mode != f.mode || old.uid != f.uid ||
                 old.gid != f.gid || old.size != f.size || old.mtime_ns != f.mtime_ns ||
                 old.ctime_ns != f.ctime_ns || old.nlink != f.nlink;
+    if (changed == 1)
+        md_file_changed(m, f.id, f.version); /* before the invalidation: see op_read */
     if (known && meta)
         md_queue_inval(m, (fuse_ino_t)f.id);
     if (!known && *e->path && fm->snap_seen) {
@@ -690,6 +730,8 @@ static int on_frame(struct fm *fm, const struct feed_msg *msg, uint64_t *ack)
 
 static void feed_close(struct fm *fm)
 {
+    if (fm->pend.id && fm->pend.in >= 0)
+        close(fm->pend.in);
     free(fm->pend.v);
     free(fm->pend.drop);
     memset(&fm->pend, 0, sizeof(fm->pend));

@@ -1009,6 +1009,8 @@ static int of_load(struct mountd *m, struct ofile *of, const struct idx_file *f)
     of->version = f->version;
     of->size = f->size;
     of->mtime_ns = f->mtime_ns;
+    of->dev = f->dev;
+    of->ino = f->ino;
     of->loaded = true;
     of->changed = false;
     of->err = 0;
@@ -1124,6 +1126,18 @@ void md_block_changed(struct mountd *m, int64_t id, uint64_t version, uint64_t b
     pthread_mutex_lock(&of->lock);
     if (of->loaded && of->version == version && blk < of->nblocks && of->state[blk] != B_FETCHING)
         of->state[blk] = B_MISSING;
+    pthread_mutex_unlock(&of->lock);
+    of_put(m, of);
+}
+
+void md_file_changed(struct mountd *m, int64_t id, uint64_t version)
+{
+    struct ofile *of = of_find_loaded(m, id);
+    if (!of)
+        return;
+    pthread_mutex_lock(&of->lock);
+    if (of->loaded && of->version != version)
+        of->changed = true;
     pthread_mutex_unlock(&of->lock);
     of_put(m, of);
 }
@@ -1274,7 +1288,7 @@ struct batch {
     struct ofile *of; /* holds a reference */
     uint64_t first;
     uint32_t n;
-    uint64_t version, expect_size;
+    uint64_t version, expect_size, expect_dev, expect_ino;
     int64_t expect_mtime_ns;
     int pending; /* replies outstanding; atomic */
     int err;
@@ -1391,6 +1405,24 @@ static void fetch_read_done(void *arg, int err, const uint8_t *data, uint32_t n)
         batch_done(b);
 }
 
+/* With an endpoint that tells (offload serve), the identity: the same inode and size, and the
+ * same mtime second (a write-back sets times through SFTP v3, in whole seconds), or the bytes
+ * belong to another file than this version's (a same-second replacement v3 attributes miss). */
+static void fetch_ident_done(void *arg, int err, const struct tun_sftp_ident *id)
+{
+    struct batch *b = arg;
+
+    if (err != 0 && b->err == 0)
+        b->err = err;
+    if (err == 0 && b->err == 0 &&
+        (id->size != b->expect_size ||
+         id->mtime_ns / 1000000000 != b->expect_mtime_ns / 1000000000 ||
+         id->ino != b->expect_ino || id->dev != b->expect_dev))
+        b->err = CHANGED;
+    if (__atomic_sub_fetch(&b->pending, 1, __ATOMIC_ACQ_REL) == 0)
+        batch_done(b);
+}
+
 static void fetch_attr_done(void *arg, int err, const struct tun_sftp_attr *a)
 {
     struct batch *b = arg;
@@ -1413,9 +1445,6 @@ static int send_batch(struct mountd *m, struct ofile *of, uint64_t first, uint32
     struct tun_sftp_handle h;
     int r = -ENOMEM;
 
-    pthread_mutex_lock(&of->lock);
-    h = of->h;
-    pthread_mutex_unlock(&of->lock);
     if (b == NULL || (b->data = malloc((size_t)n * FS_BLOCK_SIZE)) == NULL)
         goto fail;
     b->m = m;
@@ -1423,10 +1452,13 @@ static int send_batch(struct mountd *m, struct ofile *of, uint64_t first, uint32
     b->of = of;
     b->first = first;
     b->n = n;
-    pthread_mutex_lock(&of->lock);
+    pthread_mutex_lock(&of->lock); /* the handle and the version it is checked against, together */
+    h = of->h;
     b->version = of->version;
     b->expect_size = of->size;
     b->expect_mtime_ns = of->mtime_ns;
+    b->expect_dev = of->dev;
+    b->expect_ino = of->ino;
     pthread_mutex_unlock(&of->lock);
     pthread_mutex_lock(&m->of_lock);
     of->refs++;
@@ -1449,7 +1481,9 @@ static int send_batch(struct mountd *m, struct ofile *of, uint64_t first, uint32
             return r;
         }
     }
-    r = tun_sftp_fstat_async(m->sftp, &h, fetch_attr_done, b);
+    r = b->expect_ino ? tun_sftp_fstat_id_async(m->sftp, &h, fetch_ident_done, b) : -EOPNOTSUPP;
+    if (r == -EOPNOTSUPP)
+        r = tun_sftp_fstat_async(m->sftp, &h, fetch_attr_done, b);
     if (r != 0)
         fetch_attr_done(b, r, NULL);
     return r;
@@ -1554,7 +1588,7 @@ static void verify_block(struct mountd *m, struct ofile *of, uint64_t blk)
  * 0 with the cache fd and the end of the valid range, 1 at end of file, or a negative errno.
  * *missed tells whether any block had to be fetched. */
 static int of_fetch(struct mountd *m, struct ofile *of, uint64_t off, size_t size, bool demand,
-                    int *fd_out, uint64_t *end_out, bool *missed)
+                    int *fd_out, uint64_t *end_out, uint64_t *version_out, bool *missed)
 {
     uint64_t *need = NULL, *ra = NULL;
     int r = 0, tries = 0;
@@ -1679,6 +1713,8 @@ again:
     }
     *fd_out = of->fd;
     *end_out = end;
+    if (version_out)
+        *version_out = of->version;
     pthread_mutex_unlock(&of->lock);
     free(need);
     return 0;
@@ -1754,7 +1790,7 @@ static void prefetch_file(struct mountd *m, int64_t id)
         return;
     if ((of = of_get(m, &f, &r)) == NULL)
         return;
-    if (r == 0 && of_fetch(m, of, 0, (size_t)f.size, false, &fd, &end, &missed) == 0 && missed)
+    if (r == 0 && of_fetch(m, of, 0, (size_t)f.size, false, &fd, &end, NULL, &missed) == 0 && missed)
         FS_STAT_ADD(&m->st, prefetched_files, 1);
     of_put(m, of);
 }
@@ -1790,7 +1826,8 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
         of->refs++;
         pthread_mutex_unlock(&m->of_lock);
     }
-    r = of_fetch(m, of, (uint64_t)off, size, true, &fd, &end, &missed);
+    uint64_t served = 0;
+    r = of_fetch(m, of, (uint64_t)off, size, true, &fd, &end, &served, &missed);
     if (r == 1) {
         fuse_reply_buf(req, NULL, 0);
     } else if (r < 0) {
@@ -1804,6 +1841,18 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
         bv.buf[0].fd = fd;
         bv.buf[0].pos = off;
         fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
+        /* The kernel has put these bytes in its page cache. If the file got a new version while
+         * they were on their way, the feed's invalidation may have run before they landed:
+         * invalidate again, now that they have, or they would stay stale until the next change.
+         * (The feed marks the ofile before it queues its own invalidation, so one of the two
+         * always comes after the pages.) */
+        pthread_mutex_lock(&of->lock);
+        bool stale = of->changed || of->version != served;
+        pthread_mutex_unlock(&of->lock);
+        if (stale) {
+            FS_STAT_ADD(&m->st, late_invalidations, 1);
+            md_queue_inval(m, ino);
+        }
     }
     of_put(m, of); /* after the reply: the fd stays open while the kernel reads it */
 }
@@ -2220,7 +2269,7 @@ static int make_local(struct mountd *m, struct ofile *of)
     int fd;
     uint64_t end;
     bool missed;
-    int r = of_fetch(m, of, 0, size, true, &fd, &end, &missed);
+    int r = of_fetch(m, of, 0, size, true, &fd, &end, NULL, &missed);
     return r == 1 ? 0 : r;
 }
 

@@ -50,6 +50,7 @@ struct ofile {
     struct idx_file want; /* the version to load at the first read */
     uint64_t version, size;
     int64_t mtime_ns;
+    uint64_t dev, ino; /* the source's identity of this version (0: unknown) */
     int fd;
     int retired[8]; /* fds of earlier versions, closed with the ofile (readers may hold them) */
     int n_retired;
@@ -175,6 +176,9 @@ void md_block_cached(struct mountd *m, int64_t id, uint64_t version, uint64_t bl
                      const uint8_t hash[16]);
 /* Block 'blk' of file 'id' at 'version' is no longer cached: a loaded open file forgets it. */
 void md_block_changed(struct mountd *m, int64_t id, uint64_t version, uint64_t blk);
+/* The feed gave file 'id' a new version: an open file still at an older one revalidates at its
+ * next read, so that it never serves the old version into the kernel's page cache again. */
+void md_file_changed(struct mountd *m, int64_t id, uint64_t version);
 /* idx_delete's gone(): remove the cache file of a deleted row. */
 void md_gone_cb(void *arg, int64_t id, uint64_t version);
 /* The server path of row id. */

@@ -936,6 +936,62 @@ int tun_sftp_fstat_async(tun_sftp_t *s, const struct tun_sftp_handle *h, tun_sft
     return err;
 }
 
+struct ident_ctx {
+    tun_sftp_ident_cb done;
+    void *arg;
+};
+
+static void ident_done(struct req *r, int err, uint8_t type, struct buf *payload)
+{
+    struct ident_ctx *c = r->arg;
+    struct tun_sftp_ident id;
+    uint64_t mt = 0;
+
+    memset(&id, 0, sizeof(id));
+    if (err == 0) {
+        if (type == SFC_EXTENDED_REPLY)
+            err = buf_get_u64(payload, &id.dev) || buf_get_u64(payload, &id.ino) ||
+                          buf_get_u64(payload, &id.size) || buf_get_u64(payload, &mt)
+                      ? -EIO
+                      : 0;
+        else if (type == SFC_STATUS)
+            err = parse_status(payload) ?: -EIO;
+        else
+            err = -EIO;
+    }
+    id.mtime_ns = (int64_t)mt;
+    c->done(c->arg, err, err ? NULL : &id);
+    free(c);
+}
+
+int tun_sftp_fstat_id_async(tun_sftp_t *s, const struct tun_sftp_handle *h,
+                            tun_sftp_ident_cb done, void *arg)
+{
+    struct ident_ctx *c;
+    struct req *r;
+    int err;
+
+    pthread_mutex_lock(&s->lock);
+    bool has = s->exts & TUN_SFTP_EXT_FSTAT_ID;
+    pthread_mutex_unlock(&s->lock);
+    if (!has)
+        return -EOPNOTSUPP;
+    if ((r = req_new(SFC_EXTENDED, h->gen)) == NULL)
+        return -ENOMEM;
+    if (buf_put_cstring(&r->pkt, "fstat-id@offload") != 0 ||
+        buf_put_string(&r->pkt, h->data, h->len) != 0 || (c = malloc(sizeof(*c))) == NULL) {
+        req_free(r);
+        return -ENOMEM;
+    }
+    c->done = done;
+    c->arg = arg;
+    if ((err = submit(s, r, ident_done, c)) != 0) {
+        free(c);
+        req_free(r);
+    }
+    return err;
+}
+
 /* ---- the ordered write stream ---- */
 
 struct status_ctx {
@@ -1204,7 +1260,8 @@ static int establish(tun_sftp_t *s, char *err, size_t errlen)
         unsigned bit;
     } known[] = {{"posix-rename@openssh.com", TUN_SFTP_EXT_POSIX_RENAME},
                  {"hardlink@openssh.com", TUN_SFTP_EXT_HARDLINK},
-                 {"fsync@openssh.com", TUN_SFTP_EXT_FSYNC}};
+                 {"fsync@openssh.com", TUN_SFTP_EXT_FSYNC},
+                 {"fstat-id@offload", TUN_SFTP_EXT_FSTAT_ID}};
     bool has_limits = false;
     pthread_mutex_lock(&s->lock);
     s->n_ext = 0;

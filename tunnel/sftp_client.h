@@ -161,6 +161,15 @@ int tun_sftp_read_async(tun_sftp_t *s, const struct tun_sftp_handle *h, uint64_t
 typedef void (*tun_sftp_attr_cb)(void *arg, int err, const struct tun_sftp_attr *a);
 int tun_sftp_fstat_async(tun_sftp_t *s, const struct tun_sftp_handle *h, tun_sftp_attr_cb done,
                          void *arg);
+/* The same for the exact identity of an open file (fstat-id@offload, which `offload serve`
+ * announces; -EOPNOTSUPP from other servers): device, inode, size, mtime in ns. */
+struct tun_sftp_ident {
+    uint64_t dev, ino, size;
+    int64_t mtime_ns;
+};
+typedef void (*tun_sftp_ident_cb)(void *arg, int err, const struct tun_sftp_ident *id);
+int tun_sftp_fstat_id_async(tun_sftp_t *s, const struct tun_sftp_handle *h,
+                            tun_sftp_ident_cb done, void *arg);
 
 /* ---- the ordered write stream ---- */
 
@@ -226,6 +235,7 @@ void tun_sftp_resume(tun_sftp_t *s);
 #define TUN_SFTP_EXT_POSIX_RENAME 0x1u /* posix-rename@openssh.com */
 #define TUN_SFTP_EXT_HARDLINK     0x2u /* hardlink@openssh.com */
 #define TUN_SFTP_EXT_FSYNC        0x4u /* fsync@openssh.com */
+#define TUN_SFTP_EXT_FSTAT_ID     0x8u /* fstat-id@offload */
 
 /* Append the request packet for op, with request id 'id', to out: exactly what tun_sftp_op_async
  * sends, given the server's extensions 'exts' (TUN_SFTP_EXT_*). Pure: no I/O, any thread.

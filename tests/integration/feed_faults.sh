@@ -91,14 +91,24 @@ while kill -0 $flipper 2>/dev/null; do
 	for c in "$T/chunks"/c*; do
 		first=$(head -c 1 "$c")
 		[[ $first == a || $first == b ]] || fail "a block of neither version (starts with '$first')"
-		[[ $(tr -d "$first" <"$c" | wc -c) == 0 ]] || fail "a block mixing two versions: $(basename "$c")"
+		if [[ $(tr -d "$first" <"$c" | wc -c) != 0 ]]; then
+			cp "$T/read.bin" "$T/mixed.read"
+			pure=$T/A; [[ $first == b ]] && pure=$T/B
+			fail "a block mixing two versions: $(basename "$c"): $(cmp "$c" "$pure" 2>&1 | head -1)"
+		fi
 	done
 	reads=$((reads + 1))
 done
 wait $flipper
 ((reads > 0)) || fail "no read completed while the file was being replaced"
 for _ in $(seq 50); do cmp -s "$SRC/flip.bin" "$MNT/flip.bin" && break; sleep 0.1; done
-cmp "$SRC/flip.bin" "$MNT/flip.bin" || fail "flip.bin differs after the replacements stopped"
+if ! cmp "$SRC/flip.bin" "$MNT/flip.bin"; then
+	# which copy is stale: the kernel's pages, or mountd's cache (O_DIRECT reads bypass the pages)
+	dd if="$MNT/flip.bin" of="$T/direct.bin" bs=1M iflag=direct 2>/dev/null || true
+	fail "flip.bin differs after the replacements stopped (laptop starts with $(head -c 1 "$SRC/flip.bin"),\
+ the mount with $(head -c 1 "$MNT/flip.bin"), an O_DIRECT read with $(head -c 1 "$T/direct.bin");\
+ counters: $("$OFFLOAD_BIN" inspect --json "$MNT" | grep -o '"late_invalidations":[0-9]*\|"feed_batches":[0-9]*\|"changed_underneath":[0-9]*' | tr '\n' ' '))"
+fi
 pass "a file replaced 60 times during $reads whole reads ($errors failed: $(sort -u "$T/cat.errors" 2>/dev/null | tr '\n' ' ')): every block of one version"
 
 # --- the agent killed ---------------------------------------------------------------------------

@@ -673,7 +673,7 @@ START_TEST(test_init_replies_version_3_with_extensions)
         {"posix-rename@openssh.com", "1"}, {"statvfs@openssh.com", "2"},
         {"fstatvfs@openssh.com", "2"},     {"hardlink@openssh.com", "1"},
         {"fsync@openssh.com", "1"},        {"limits@openssh.com", "1"},
-        {"lsetstat@openssh.com", "1"},
+        {"lsetstat@openssh.com", "1"},     {"fstat-id@offload", "1"},
     };
     uint8_t init[] = {0, 0, 0, 5, SFC_INIT, 0, 0, 0, 3};
     char name[64], value[16];
@@ -1602,6 +1602,42 @@ START_TEST(test_fsync_on_handle)
 }
 END_TEST
 
+START_TEST(test_fstat_id_tells_the_inode)
+{
+    struct hnd h = open_ok("/proj/hello", SFC_FXF_READ, NULL);
+    static const uint8_t bogus[8] = {0, 0, 3, 0, 0, 0, 0, 1};
+    uint64_t dev, ino, size, mtime_ns;
+    struct stat st;
+
+    lstat_of("proj/hello", &st);
+    run(put_req(SFC_EXTENDED, "sb", "fstat-id@offload", h.b, (size_t)h.n));
+    ck_assert_uint_eq(rep_type, SFC_EXTENDED_REPLY);
+    ck_assert_int_eq(buf_get_u64(&rep, &dev), 0);
+    ck_assert_int_eq(buf_get_u64(&rep, &ino), 0);
+    ck_assert_int_eq(buf_get_u64(&rep, &size), 0);
+    ck_assert_int_eq(buf_get_u64(&rep, &mtime_ns), 0);
+    ck_assert_uint_eq(dev, st.st_dev);
+    ck_assert_uint_eq(ino, st.st_ino);
+    ck_assert_uint_eq(size, (uint64_t)st.st_size);
+    ck_assert_uint_eq(mtime_ns, (uint64_t)st.st_mtim.tv_sec * 1000000000u + st.st_mtim.tv_nsec);
+    /* a replaced file: the open handle still tells the old inode */
+    char a[PATH_MAX], b[PATH_MAX];
+    path_of(a, "proj/hello.new");
+    path_of(b, "proj/hello");
+    FILE *f = fopen(a, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs("other", f);
+    fclose(f);
+    ck_assert_int_eq(rename(a, b), 0);
+    run(put_req(SFC_EXTENDED, "sb", "fstat-id@offload", h.b, (size_t)h.n));
+    ck_assert_int_eq(buf_get_u64(&rep, &dev), 0);
+    ck_assert_int_eq(buf_get_u64(&rep, &ino), 0);
+    ck_assert_uint_eq(ino, st.st_ino);
+    run(put_req(SFC_EXTENDED, "sb", "fstat-id@offload", bogus, sizeof(bogus)));
+    expect_status(SFC_FAILURE, "fstat-id of a forged handle");
+}
+END_TEST
+
 START_TEST(test_lsetstat_sets_times_on_link_itself)
 {
     struct tun_sftp_attr a = {
@@ -2133,6 +2169,7 @@ static Suite *sftp_server_suite(void)
     tcase_add_test(tc, test_statvfs_and_fstatvfs);
     tcase_add_test(tc, test_limits_reply);
     tcase_add_test(tc, test_fsync_on_handle);
+    tcase_add_test(tc, test_fstat_id_tells_the_inode);
     tcase_add_test(tc, test_lsetstat_sets_times_on_link_itself);
     tcase_add_test(tc, test_change_hook_reports_changes);
 
