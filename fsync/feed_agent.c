@@ -536,7 +536,8 @@ static int sync_dir(fa_t *fa, struct fa_export *ex, const char *rel, int64_t id,
     char child[PATH_MAX];
     struct dirent *de;
     while ((de = readdir(d))) {
-        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0 ||
+            !cf_visible(ex->r->root, rel, de->d_name))
             continue;
         if (strlen(rel) + strlen(de->d_name) + 2 > sizeof(child))
             continue;

@@ -348,9 +348,13 @@ static int apply_entry(struct fm *fm, const struct feed_entry *e)
      * copy over it) is another file here too: the old row goes and a new one (a new inode number)
      * takes the name, as on a local disk. A process that had the old file open keeps reading the
      * old content, never a page-by-page mix of the two; blocks the HASHES show unchanged are
-     * still carried over. (Local writes not yet written back keep the row: idx_put refuses.) */
+     * still carried over. (Local writes not yet written back keep the row: idx_put refuses.)
+     * With -o follow_replace the row is kept instead (a new version), so that a container's
+     * bind of that one file, which holds the inode, follows the name: single-file binds stay
+     * live across an editor's atomic save, at the price of the page mix described in
+     * docs/architecture.md for a read that races the save. */
     bool replaced = known && S_ISREG(old.mode) && S_ISREG(e->mode) && *e->path && old.ino != 0 &&
-                    (old.ino != e->ino || old.dev != e->dev) && !dirty;
+                    (old.ino != e->ino || old.dev != e->dev) && !dirty && !m->follow_replace;
     if (replaced) {
         if ((r = idx_delete(m->idx, old.id, md_gone_cb, m)) < 0) {
             if (next.in >= 0)

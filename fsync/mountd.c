@@ -2620,7 +2620,7 @@ static const struct fuse_lowlevel_ops ops = {
 static const char *const known_opts[] = {
     "ro",     "allow_other", "allow_root", "default_permissions", "nosuid",    "nodev",
     "noexec", "noatime",     "relatime",   "auto_unmount",        "reconnect", "flush_on_close",
-    NULL,
+    "follow_replace", NULL,
 };
 
 int fs_mount_check_opt(const char *opt)
@@ -2634,7 +2634,7 @@ int fs_mount_check_opt(const char *opt)
 const char *fs_mount_known_opts(void)
 {
     return "ro, allow_other, allow_root, default_permissions, nosuid, nodev, noexec, noatime, "
-           "relatime, auto_unmount, reconnect, flush_on_close";
+           "relatime, auto_unmount, reconnect, flush_on_close, follow_replace";
 }
 
 int fs_mount_stats_path(const char *mountpoint, char *out, size_t len)
@@ -2892,11 +2892,13 @@ int fs_mount_run(const struct fs_mount_opts *o, int ready_fd)
     m->writable = !opt_listed(o->fuse_opts, "ro");
     m->reflect = atomic_load(&m->feed_live) && m->writable;
     m->flush_on_close = opt_listed(o->fuse_opts, "flush_on_close");
+    m->follow_replace = opt_listed(o->fuse_opts, "follow_replace");
     char fopts[2048] = "";
     for (const char *p = o->fuse_opts; p && *p;) { /* our own options are not FUSE's */
         const char *e = strchr(p, ',');
         size_t len = e ? (size_t)(e - p) : strlen(p);
         if (!(len == 14 && strncmp(p, "flush_on_close", 14) == 0) &&
+            !(len == 14 && strncmp(p, "follow_replace", 14) == 0) &&
             strlen(fopts) + len + 2 < sizeof(fopts))
             snprintf(fopts + strlen(fopts), sizeof(fopts) - strlen(fopts), ",%.*s", (int)len, p);
         p = e ? e + 1 : NULL;

@@ -131,6 +131,8 @@ struct mountd {
     bool reflect;        /* set once before mounting: replay feed changes (rw superblock) */
     bool writable;       /* set once before mounting: changes through the mount are written back */
     bool flush_on_close; /* close waits for the write-back as fsync does */
+    bool follow_replace; /* a file replaced on the laptop keeps its inode here (single-file
+                          * binds: the bind follows the name; see feed_mount.c apply_entry) */
     struct wb *wb;       /* the write-back sender (writeback.c), NULL on a read-only mount */
     pthread_mutex_t recent_lock;
     struct recent_path {

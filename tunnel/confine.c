@@ -28,6 +28,7 @@ struct cf_root {
     bool has_openat2;  /* the kernel answered the probe; set once at open */
     atomic_bool walk;  /* resolve by the O_NOFOLLOW walk (no openat2, or forced) */
     atomic_bool stale; /* the path no longer names the root; latched */
+    char *only;        /* a single-file root: the one name visible in the folder, or NULL */
     char path[];       /* absolute path given at open, checked against dev/ino */
 };
 
@@ -183,11 +184,60 @@ int cf_open_root(const char *dir, bool readonly, cf_root_t **out)
     return 0;
 }
 
+int cf_open_root_file(const char *file, bool readonly, cf_root_t **out)
+{
+    char dir[PATH_MAX];
+    const char *slash = strrchr(file, '/');
+    const char *base = slash ? slash + 1 : file;
+    int r;
+
+    if (!*base || strcmp(base, ".") == 0 || strcmp(base, "..") == 0)
+        return -EINVAL;
+    if (strlen(base) > NAME_MAX)
+        return -ENAMETOOLONG;
+    if ((size_t)snprintf(dir, sizeof(dir), "%.*s", slash ? (int)(slash - file) : 1,
+                         slash ? (slash == file ? "/" : file) : ".") >= sizeof(dir))
+        return -ENAMETOOLONG;
+    cf_root_t *root;
+    if ((r = cf_open_root(dir, readonly, &root)) != 0)
+        return r;
+    if (!(root->only = strdup(base))) {
+        cf_close_root(root);
+        return -ENOMEM;
+    }
+    *out = root;
+    return 0;
+}
+
+bool cf_visible(const cf_root_t *r, const char *dir, const char *name)
+{
+    if (!r->only || (*dir && strcmp(dir, ".") != 0 && strcmp(dir, "/") != 0))
+        return true;
+    return strcmp(name, r->only) == 0 || strcmp(name, ".") == 0 || strcmp(name, "..") == 0;
+}
+
+/* A single-file root: only the root itself and its one name resolve (the file has no children);
+ * the name is never followed as a symlink, so it cannot lead to a sibling. */
+static int only_check(const cf_root_t *r, const char *clean, int *flags)
+{
+    if (!r->only || strcmp(clean, ".") == 0)
+        return 0;
+    size_t n = strlen(r->only);
+    if (strncmp(clean, r->only, n) != 0 || (clean[n] != '\0' && clean[n] != '/'))
+        return -ENOENT;
+    if (clean[n] == '/')
+        return -ENOTDIR;
+    if (flags)
+        *flags |= O_NOFOLLOW;
+    return 0;
+}
+
 void cf_close_root(cf_root_t *r)
 {
     if (!r)
         return;
     close(r->fd);
+    free(r->only);
     free(r);
 }
 
@@ -372,6 +422,9 @@ static int open_beneath(cf_root_t *r, const char *clean, int flags, mode_t mode)
 {
     int fd;
 
+    if ((fd = only_check(r, clean, &flags)) != 0)
+        return fd;
+
     if (!atomic_load(&r->walk)) {
         fd = open_openat2(r, clean, flags, mode);
         if (fd != -ENOSYS)
@@ -399,6 +452,8 @@ static int at_resolve(cf_root_t *r, const char *rel, struct at *a)
     if (len >= sizeof(a->name)) /* cf_clean refused longer names already */
         return -ENAMETOOLONG;
     memcpy(a->name, last, len + 1);
+    if ((res = only_check(r, clean, NULL)) != 0)
+        return res;
     if (!slash) {
         a->root = strcmp(clean, ".") == 0;
         return 0;

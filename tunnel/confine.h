@@ -71,6 +71,17 @@ typedef struct cf_root cf_root_t;
  * -ENOENT, -ENOTDIR, -EACCES, -ENAMETOOLONG, -ENOMEM; *out is untouched on failure. Any thread. */
 int cf_open_root(const char *dir, bool readonly, cf_root_t **out);
 
+/* A root that shares one file: its folder is opened as by cf_open_root, but only that file's name
+ * resolves in it (any other name is -ENOENT, paths below the name -ENOTDIR), the name is never
+ * followed as a symlink, and cf_visible hides the folder's other entries from listings. Binds of
+ * single files are served this way; a laptop editor's atomic save (a new file renamed over the
+ * name) stays visible. -EINVAL when 'file' has no last component. */
+int cf_open_root_file(const char *file, bool readonly, cf_root_t **out);
+
+/* Whether the entry 'name' of the folder 'dir' (relative to the root; "" or "." for the root
+ * itself) may be listed. Always true but for the other entries of a single-file root. */
+bool cf_visible(const cf_root_t *r, const char *dir, const char *name);
+
 /* Close the descriptor and free the root. NULL is accepted. No other call on the root may be
  * running or start afterwards; descriptors and DIR streams it returned stay valid. */
 void cf_close_root(cf_root_t *r);

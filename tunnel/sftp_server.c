@@ -766,7 +766,7 @@ static int put_entry(struct buf *tx, const char *name, const struct stat *st)
 
 /* Up to SFS_READDIR_BATCH entries of h after the count at count_mark; returns how many. Each is
  * described without following it: fstatat on the stream's own descriptor, one name beneath it. */
-static int list_dir(struct handle *h, struct buf *tx, uint32_t *count)
+static int list_dir(const cf_root_t *root, struct handle *h, struct buf *tx, uint32_t *count)
 {
     struct dirent *de;
     struct stat st;
@@ -776,7 +776,8 @@ static int list_dir(struct handle *h, struct buf *tx, uint32_t *count)
         errno = 0;
         if (!(de = readdir(h->dir)))
             return *count == 0 ? -errno : 0; /* 0 at the end: EOF */
-        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0 ||
+            !cf_visible(root, h->path, de->d_name))
             continue;
         if (fstatat(dirfd(h->dir), de->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
             if (errno == ENOENT)
@@ -818,7 +819,7 @@ static int do_readdir(struct req *q)
     count_mark = buf_avail(q->tx);
     if ((r = buf_put_u32(q->tx, 0)) != 0)
         return r;
-    r = h->kind == H_TOP ? list_top(q->s, h, q->tx, &count) : list_dir(h, q->tx, &count);
+    r = h->kind == H_TOP ? list_top(q->s, h, q->tx, &count) : list_dir(root_of(q->s, h->root), h, q->tx, &count);
     if (r != 0)
         return r;
     if (count == 0)

@@ -1629,6 +1629,47 @@ START_TEST(test_readonly_reads_work)
 }
 END_TEST
 
+/* A single-file root (binds of one file): only its name resolves, never as a symlink; the
+ * folder's other entries are hidden from listings and unreachable, also by a write. */
+START_TEST(test_single_file_root_shows_only_its_file)
+{
+    char p[PATH_MAX];
+    cf_root_t *r;
+    struct stat st;
+    int fd = -1;
+
+    path_of(p, "proj/etc/passwd");
+    expect_rc(cf_open_root_file(p, false, &r), 0);
+    if (_i)
+        cf_force_walk(r, true);
+    expect_reads(r, "passwd", "inside passwd");
+    expect_reads(r, "/passwd", "inside passwd");
+    expect_rc(cf_lstat(r, ".", &st), 0);
+    ck_assert(S_ISDIR(st.st_mode));
+    expect_rc(cf_lstat(r, "passwd/x", &st), -ENOTDIR);
+    expect_rc(cf_openat(r, "other", O_WRONLY | O_CREAT, 0644, &fd), -ENOENT);
+    expect_rc(cf_mkdir(r, "newdir", 0755), -ENOENT);
+    expect_rc(cf_rename(r, "passwd", "moved", 0), -ENOENT);
+    ck_assert(cf_visible(r, "", "passwd"));
+    ck_assert(!cf_visible(r, "", "other"));
+    ck_assert(!cf_visible(r, ".", "secret"));
+    cf_close_root(r);
+
+    /* the folder's other entries, and a symlink under the shared name, lead nowhere */
+    path_of(p, "proj/fl");
+    expect_rc(cf_open_root_file(p, true, &r), 0);
+    if (_i)
+        cf_force_walk(r, true);
+    expect_rc(cf_openat(r, "fl", O_RDONLY, 0, &fd), -EPERM); /* as any final symlink refused */
+    expect_rc(cf_openat(r, "d/file", O_RDONLY, 0, &fd), -ENOENT);
+    expect_rc(cf_lstat(r, "fl", &st), 0);
+    ck_assert(S_ISLNK(st.st_mode));
+    cf_close_root(r);
+    expect_rc(cf_open_root_file("", false, &r), -EINVAL);
+    expect_outside_untouched();
+}
+END_TEST
+
 /* ==== suite ==== */
 
 static TCase *tcase(Suite *s, const char *name, bool fixture)
@@ -1676,6 +1717,7 @@ static Suite *confine_suite(void)
 
     tc = tcase(s, "resolve", true);
     tcase_add_loop_test(tc, test_open_inside_file_reads_it, 0, 2);
+    tcase_add_loop_test(tc, test_single_file_root_shows_only_its_file, 0, 2);
     tcase_add_loop_test(tc, test_dotdot_paths_refused, 0, 2);
     tcase_add_loop_test(tc, test_sibling_prefix_path_refused, 0, 2);
     tcase_add_loop_test(tc, test_absolute_paths_map_beneath_root, 0, 2);
