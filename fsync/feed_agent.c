@@ -964,7 +964,8 @@ static int export_start(fa_t *fa, struct fa_export *ex)
 {
     char db[PATH_MAX + NAME_MAX + 8];
     int r;
-    struct fw_config cfg = {.quiet_ms = COALESCE_MS, .max_ms = COALESCE_MAX_MS};
+    struct fw_config cfg = {
+        .quiet_ms = COALESCE_MS, .max_ms = COALESCE_MAX_MS, .only = cf_root_only(ex->r->root)};
     if ((r = fw_open(ex->r->path, &cfg, &ex->w)) < 0) {
         elog("cannot watch '%s': %s", ex->r->path, strerror(-r));
         return r;

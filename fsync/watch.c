@@ -694,7 +694,8 @@ static int list_dir(fw_t *w, struct node *d, unsigned gen, bool mark, bool sweep
         bool is_dir = e->d_type == DT_DIR;
         struct stat st;
 
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0 ||
+            (d == w->root && w->cfg.only && strcmp(e->d_name, w->cfg.only) != 0))
             continue;
         if (e->d_type == DT_UNKNOWN)
             is_dir = fstatat(dirfd(dir), e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&

@@ -85,6 +85,9 @@ struct fw_config {
     size_t max_pending; /* ... or once it holds half this many paths; more than this many (one
                            listing of a big directory moved in): the batch becomes FW_RESCAN ""
                            (default 100000) */
+    const char *only;   /* NULL, or the one entry of the root that is watched and reported (a
+                           single-file share: the folder's other entries, and what is below
+                           them, are neither listed nor watched) */
 };
 
 struct fw_stats {

@@ -209,6 +209,11 @@ int cf_open_root_file(const char *file, bool readonly, cf_root_t **out)
     return 0;
 }
 
+const char *cf_root_only(const cf_root_t *r)
+{
+    return r->only;
+}
+
 bool cf_visible(const cf_root_t *r, const char *dir, const char *name)
 {
     if (!r->only || (*dir && strcmp(dir, ".") != 0 && strcmp(dir, "/") != 0))

@@ -78,6 +78,9 @@ int cf_open_root(const char *dir, bool readonly, cf_root_t **out);
  * name) stays visible. -EINVAL when 'file' has no last component. */
 int cf_open_root_file(const char *file, bool readonly, cf_root_t **out);
 
+/* The one name of a single-file root, or NULL. Valid until cf_close_root. */
+const char *cf_root_only(const cf_root_t *r);
+
 /* Whether the entry 'name' of the folder 'dir' (relative to the root; "" or "." for the root
  * itself) may be listed. Always true but for the other entries of a single-file root. */
 bool cf_visible(const cf_root_t *r, const char *dir, const char *name);

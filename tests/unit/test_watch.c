@@ -340,6 +340,19 @@ static void teardown(void)
 
 /* ---- single files ---- */
 
+/* A single-file share: only the folder itself is watched, not the folders beside the file */
+START_TEST(test_only_watches_the_folder_not_its_subfolders)
+{
+    struct fw_config cfg = {.quiet_ms = 50, .max_ms = 3000, .only = "a"};
+    mkd(P("sub"));
+    mkd(P("sub/deeper"));
+    put(P("a"), "x", O_TRUNC);
+    start_with(&cfg);
+    ck_assert_msg(watches() == 1, "expected the folder alone watched, got %llu watches",
+                  (unsigned long long)watches());
+}
+END_TEST
+
 START_TEST(test_create_file_is_one_changed)
 {
     start();
@@ -921,6 +934,7 @@ static Suite *watch_suite(void)
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, TIMEOUT_S);
     tcase_add_test(tc, test_create_file_is_one_changed);
+    tcase_add_test(tc, test_only_watches_the_folder_not_its_subfolders);
     tcase_add_test(tc, test_write_existing_file_is_changed);
     tcase_add_test(tc, test_append_is_changed);
     tcase_add_test(tc, test_truncate_is_changed);
