@@ -2620,7 +2620,7 @@ static const struct fuse_lowlevel_ops ops = {
 static const char *const known_opts[] = {
     "ro",     "allow_other", "allow_root", "default_permissions", "nosuid",    "nodev",
     "noexec", "noatime",     "relatime",   "auto_unmount",        "reconnect", "flush_on_close",
-    "follow_replace", NULL,
+    "follow_replace", "nowrite", NULL,
 };
 
 int fs_mount_check_opt(const char *opt)
@@ -2634,7 +2634,7 @@ int fs_mount_check_opt(const char *opt)
 const char *fs_mount_known_opts(void)
 {
     return "ro, allow_other, allow_root, default_permissions, nosuid, nodev, noexec, noatime, "
-           "relatime, auto_unmount, reconnect, flush_on_close, follow_replace";
+           "relatime, auto_unmount, reconnect, flush_on_close, follow_replace, nowrite";
 }
 
 int fs_mount_stats_path(const char *mountpoint, char *out, size_t len)
@@ -2889,8 +2889,11 @@ int fs_mount_run(const struct fs_mount_opts *o, int ready_fd)
      * An explicit -o ro keeps the superblock read-only and turns reflection off: no inotify
      * events for laptop changes, but no GETATTR per directory after a readdir either (the
      * kernel invalidates a directory's atime after readdir on a writable superblock only). */
-    m->writable = !opt_listed(o->fuse_opts, "ro");
-    m->reflect = atomic_load(&m->feed_live) && m->writable;
+    /* -o nowrite: mountd refuses every write (EROFS) but the superblock stays read-write, so
+     * that the feed's changes still raise inotify events in the mount (a docker :ro bind) */
+    bool vfs_rw = !opt_listed(o->fuse_opts, "ro");
+    m->writable = vfs_rw && !opt_listed(o->fuse_opts, "nowrite");
+    m->reflect = atomic_load(&m->feed_live) && vfs_rw;
     m->flush_on_close = opt_listed(o->fuse_opts, "flush_on_close");
     m->follow_replace = opt_listed(o->fuse_opts, "follow_replace");
     char fopts[2048] = "";
@@ -2899,12 +2902,13 @@ int fs_mount_run(const struct fs_mount_opts *o, int ready_fd)
         size_t len = e ? (size_t)(e - p) : strlen(p);
         if (!(len == 14 && strncmp(p, "flush_on_close", 14) == 0) &&
             !(len == 14 && strncmp(p, "follow_replace", 14) == 0) &&
+            !(len == 7 && strncmp(p, "nowrite", 7) == 0) &&
             strlen(fopts) + len + 2 < sizeof(fopts))
             snprintf(fopts + strlen(fopts), sizeof(fopts) - strlen(fopts), ",%.*s", (int)len, p);
         p = e ? e + 1 : NULL;
     }
     snprintf(mopts, sizeof(mopts), "%s,%s,default_permissions,nosuid,nodev%s%s", fsname,
-             m->writable ? "rw" : "ro", geteuid() == 0 ? ",allow_other" : "", fopts);
+             vfs_rw ? "rw" : "ro", geteuid() == 0 ? ",allow_other" : "", fopts);
     char *argv[] = {"offload", "-o", mopts, o->debug ? "-d" : NULL, NULL};
     struct fuse_args args = FUSE_ARGS_INIT(o->debug ? 4 : 3, argv);
     m->se = fuse_session_new(&args, &ops, sizeof(ops), m);

@@ -45,6 +45,7 @@ enum mstate { M_STARTING, M_MOUNTED, M_DEAD };
 struct mnt {
     char name[65];
     bool ro;
+    bool file; /* a single-file share: the mount follows the file's name (-o follow_replace) */
     char *args;     /* "PORT MODE KEY64 KNOWN64" as received: a repeated EXPORT is recognised */
     pid_t pid;      /* the `offload mount -f` process; 0 once reaped */
     int out_fd;     /* its stdout and stderr; -1 once closed */
@@ -757,8 +758,12 @@ static int start_mount(struct sup *s, struct mnt *m, unsigned port, const char *
                     m->path,
                     "--cache-dir",
                     cache,
-                    m->ro ? "-o" : NULL,
-                    "ro",
+                    /* read-only: mountd refuses writes, the superblock stays read-write so
+                     * that laptop edits still raise inotify events in containers */
+                    (m->ro || m->file) ? "-o" : NULL,
+                    m->ro && m->file ? "nowrite,follow_replace"
+                    : m->ro          ? "nowrite"
+                                     : "follow_replace",
                     NULL};
     fs_mount_stats_path(m->path, m->stats, sizeof(m->stats));
     pid_t pid = spawn(s, argv, pfd[1]);
@@ -825,8 +830,9 @@ static void do_export(struct sup *s, char **f)
         reply(s, "ERR - bad port '%.8s'", f[2]);
         return;
     }
-    if (strcmp(f[3], "ro") != 0 && strcmp(f[3], "rw") != 0) {
-        reply(s, "ERR - bad mode '%.8s' (want ro or rw)", f[3]);
+    if (strcmp(f[3], "ro") != 0 && strcmp(f[3], "rw") != 0 && strcmp(f[3], "ro,file") != 0 &&
+        strcmp(f[3], "rw,file") != 0) {
+        reply(s, "ERR - bad mode '%.8s' (want ro or rw, maybe with ,file)", f[3]);
         return;
     }
     if ((r = b64_decode(f[4], KEY_MAX, &key, &keylen)) != 0 ||
@@ -881,7 +887,8 @@ static void do_export(struct sup *s, char **f)
     args = NULL;
     snprintf(m->name, sizeof(m->name), "%s", f[1]);
     snprintf(m->path, sizeof(m->path), "%s/mnt/%s", s->dir, m->name);
-    m->ro = strcmp(f[3], "ro") == 0;
+    m->ro = strncmp(f[3], "ro", 2) == 0;
+    m->file = strstr(f[3], ",file") != NULL;
     m->out_fd = -1;
     m->state = M_STARTING;
     s->m[s->nm++] = m;

@@ -155,5 +155,24 @@ converge "3000 changes through a 64-event inotify queue"
 grep -q "rescanning" "$T/serve2.err" || fail "no overflow rescan seen in the agent log"
 pass "inotify overflow: rescan, the mount converges"
 
+# --- -o nowrite (a docker :ro bind): every write refused by mountd, laptop edits still raise inotify
+fusermount3 -u "$MNT"
+HOME=$T_HOME "$OFFLOAD_BIN" mount -F "$EP.2/ssh_config" offload-endpoint:/src "$MNT" -o nowrite \
+	--cache-dir "$T/cache3" --attr-ttl 3600 || fail "nowrite mount failed"
+wait_mounted "$MNT" 10 || fail "nowrite mount did not appear"
+for op in "touch $MNT/x" "mkdir $MNT/d2" "rm $MNT/storm/f1" "chmod 600 $MNT/storm/f2"; do
+	if $op 2>"$T/nowrite.err"; then fail "-o nowrite: '$op' succeeded"; fi
+	grep -q "Read-only file system" "$T/nowrite.err" || fail "-o nowrite: '$op': $(cat "$T/nowrite.err")"
+done
+[[ ! -e $SRC/x && -e $SRC/storm/f1 ]] || fail "-o nowrite: a refused write reached the laptop"
+inotifywait -q -e modify,close_write --format '%e %f' "$MNT/storm" >"$T/nowrite.events" 2>/dev/null &
+watcher=$!
+sleep 0.5
+printf 'changed\n' >>"$SRC/storm/f3"
+for _ in $(seq 50); do [[ -s $T/nowrite.events ]] && break; sleep 0.1; done
+kill $watcher 2>/dev/null || true
+grep -q "f3" "$T/nowrite.events" || fail "-o nowrite: no inotify event for a laptop edit"
+pass "-o nowrite: writes refused with EROFS by mountd, laptop edits still seen by inotify"
+
 if grep -i -E 'sanitizer|runtime error' "$T/serve.err" "$T/serve2.err"; then fail "sanitizer report from serve"; fi
 pass "feed coherence"
