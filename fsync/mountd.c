@@ -786,6 +786,7 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
             pthread_mutex_unlock(&of->lock);
             of_put(m, of);
             file_to_stat(&f, &st);
+            st.st_nlink = 0;
             fuse_reply_attr(req, &st, 0);
             return;
         }
@@ -2344,39 +2345,46 @@ static void wait_fetches(struct ofile *of, uint64_t b0, uint64_t b1)
 
 /* Write (data != NULL) or truncate (data == NULL, size = new length) a file locally and journal
  * it. Returns 0 or a negative errno. */
+/* An open file whose row is gone (removed while open) set to 'size' bytes in its cache file: the
+ * bytes are the file's only copy now. Called with of->lock held. */
+static int orphan_resize(struct ofile *of, uint64_t size)
+{
+    if (ftruncate(of->fd, (off_t)size) != 0)
+        return -errno;
+    uint64_t nb = (size + FS_BLOCK_SIZE - 1) / FS_BLOCK_SIZE;
+    if (nb > of->nblocks) {
+        uint8_t *st = realloc(of->state, nb);
+        if (st)
+            of->state = st;
+        uint8_t(*h)[16] = st ? realloc(of->hash, nb * 16) : NULL;
+        if (!st || !h)
+            return -ENOMEM;
+        of->hash = h;
+        memset(of->state + of->nblocks, B_VERIFIED, nb - of->nblocks);
+    }
+    of->nblocks = nb;
+    of->size = size;
+    return 0;
+}
+
 static int local_content(struct mountd *m, int64_t id, const char *data, size_t size, off_t off)
 {
     struct idx_file f;
     char path[PATH_MAX];
     int r;
-    if ((r = idx_get(m->idx, id, &f)) == -ENOENT && data) {
+    if ((r = idx_get(m->idx, id, &f)) == -ENOENT) {
         struct ofile *of = of_find_loaded(m, id);
         if (!of)
             return r;
-        /* removed while open: the writer goes on in the cache file nobody else sees */
+        /* removed while open: the writer goes on in the cache file nobody else sees; without
+         * data, a truncation to 'size' */
         pthread_mutex_lock(&of->lock);
-        uint64_t end = (uint64_t)off + size;
-        r = end > of->size ? (ftruncate(of->fd, (off_t)end) == 0 ? 0 : -errno) : 0;
-        if (r == 0 && end > of->size) {
-            uint64_t nb = (end + FS_BLOCK_SIZE - 1) / FS_BLOCK_SIZE;
-            uint8_t *st = realloc(of->state, nb);
-            uint8_t(*h)[16] = st ? realloc(of->hash, nb * 16) : NULL;
-            if (st)
-                of->state = st;
-            if (h)
-                of->hash = h;
-            if (!st || !h) {
-                r = -ENOMEM;
-            } else {
-                memset(of->state + of->nblocks, B_VERIFIED, nb - of->nblocks);
-                of->nblocks = nb;
-                of->size = end;
-            }
-        }
-        if (r == 0 && pwrite(of->fd, data, size, off) != (ssize_t)size)
+        uint64_t end = data ? (uint64_t)off + size : size;
+        r = !data || end > of->size ? orphan_resize(of, end) : 0;
+        if (r == 0 && data && pwrite(of->fd, data, size, off) != (ssize_t)size)
             r = -EIO;
         for (uint64_t b = (uint64_t)off / FS_BLOCK_SIZE;
-             r == 0 && b < of->nblocks && b * FS_BLOCK_SIZE < end; b++)
+             data && r == 0 && b < of->nblocks && b * FS_BLOCK_SIZE < end; b++)
             of->state[b] = B_VERIFIED; /* the local bytes are the file's only copy now */
         pthread_mutex_unlock(&of->lock);
         of_put(m, of);
@@ -2472,7 +2480,34 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
     (void)fi;
 
     if (idx_get(m->idx, (int64_t)ino, &f) != 0) {
-        fuse_reply_err(req, ENOENT);
+        struct ofile *of = m->writable ? of_find_loaded(m, (int64_t)ino) : NULL;
+        if (!of) {
+            fuse_reply_err(req, ENOENT);
+            return;
+        }
+        /* removed while open: the change stays in the cache file nobody else sees */
+        r = (to_set & FUSE_SET_ATTR_SIZE) ? local_content(m, (int64_t)ino, NULL,
+                                                           (size_t)attr->st_size, 0)
+                                          : 0;
+        pthread_mutex_lock(&of->lock);
+        if (to_set & FUSE_SET_ATTR_MODE)
+            of->want.mode = (of->want.mode & S_IFMT) | (attr->st_mode & 07777 & ~SETID_BITS);
+        if (to_set & FUSE_SET_ATTR_MTIME)
+            of->want.mtime_ns = (int64_t)attr->st_mtim.tv_sec * 1000000000 + attr->st_mtim.tv_nsec;
+        if (to_set & FUSE_SET_ATTR_MTIME_NOW)
+            of->want.mtime_ns = md_wall_ns();
+        f = of->want;
+        f.id = of->id;
+        f.size = of->size;
+        pthread_mutex_unlock(&of->lock);
+        of_put(m, of);
+        if (r != 0) {
+            reply_err(req, r);
+            return;
+        }
+        file_to_stat(&f, &st);
+        st.st_nlink = 0;
+        fuse_reply_attr(req, &st, 0);
         return;
     }
     if (from_reflector(m, req)) {

@@ -28,16 +28,15 @@ mount_ep() { # CONFIG CACHE
 }
 
 # Known gaps of this step, by rule (docs/writeback.md): hard links through the mount are refused;
-# a file removed while open keeps its data for reads and writes, but not truncate, and its
-# link count is not shown as 0; RENAME_EXCHANGE is EINVAL and fallocate EOPNOTSUPP (skips).
-allowed='^(hard_link|unlink_open_file|unlink_open_no_leftover)$'
+# RENAME_EXCHANGE is EINVAL and fallocate EOPNOTSUPP (skips).
+allowed='^(hard_link)$'
 posix_check() { # LABEL
 	"$POSIXSUITE" "$MNT" >"$T/posix.out" 2>&1 || true
 	local failed
 	failed=$(sed -n 's/^FAIL \([a-z_]*\):.*/\1/p' "$T/posix.out" | grep -Ev "$allowed" || true)
 	[[ -z $failed ]] || fail "$1: posixsuite failures: $(grep '^FAIL' "$T/posix.out" | tr '\n' ';')"
 	grep -q '^# .* ok' "$T/posix.out" || fail "$1: posixsuite did not run: $(tail -3 "$T/posix.out")"
-	pass "$1: posixsuite $(tail -1 "$T/posix.out" | tr -d '#') (allowed gaps: hard_link, unlink_open_*)"
+	pass "$1: posixsuite $(tail -1 "$T/posix.out" | tr -d '#') (allowed gap: hard_link)"
 }
 
 # --- with the feed -----------------------------------------------------------------------------
