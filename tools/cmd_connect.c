@@ -60,6 +60,7 @@ struct export {
     tun_ep_t *ep;
     char details[PATH_MAX]; /* private: the endpoint's client key and known_hosts */
     int rport;              /* the reverse forward on the cloud host's loopback */
+    char *req;              /* the EXPORT line, sent again if the cloud side's mount dies */
     char mnt[PATH_MAX];     /* where it is mounted on the cloud host */
 };
 
@@ -86,6 +87,8 @@ struct session {
     char exec_msg[512]; /* why the last exec channel ended, when it did */
     char rbuf[LINE_MAX_LEN]; /* what was read from it past the last reply line */
     size_t rlen;
+    unsigned owed; /* replies to requests that timed out: skipped when they come */
+    unsigned seq;  /* shares made, for their names (never reused) */
     struct export ex[MAX_EXPORTS];
     int nex;
     pthread_mutex_t port_lock;
@@ -153,6 +156,41 @@ static char *b64(const void *data, size_t n)
     return out;
 }
 
+static int unb64(const char *in, char **out)
+{
+    size_t n = strlen(in), k = 0;
+    uint8_t *o;
+    if (n % 4 || !(o = malloc(n / 4 * 3 + 1)))
+        return -EINVAL;
+    for (size_t i = 0; i < n; i += 4) {
+        uint32_t v = 0;
+        int pad = 0;
+        for (int j = 0; j < 4; j++) {
+            char c = in[i + j];
+            const char *t = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+            const char *at = c ? strchr(t, c) : NULL;
+            if (c == '=' && i + 4 == n && j >= 2) {
+                pad++;
+                v <<= 6;
+                continue;
+            }
+            if (!at || pad) {
+                free(o);
+                return -EINVAL;
+            }
+            v = v << 6 | (uint32_t)(at - t);
+        }
+        o[k++] = (uint8_t)(v >> 16);
+        if (pad < 2)
+            o[k++] = (uint8_t)(v >> 8);
+        if (pad < 1)
+            o[k++] = (uint8_t)v;
+    }
+    o[k] = '\0';
+    *out = (char *)o;
+    return 0;
+}
+
 /* ---- the supervisor protocol ---- */
 
 /* Send one request line, read one reply line into reply (without the newline). Called with
@@ -183,17 +221,28 @@ static int sup_call(struct session *s, const char *req, char *reply, size_t len)
         char *nl = memchr(s->rbuf, '\n', s->rlen);
         if (nl) {
             size_t k = (size_t)(nl - s->rbuf);
-            snprintf(reply, len, "%.*s", (int)k, s->rbuf);
+            bool late = s->owed > 0; /* the answer to an earlier request that timed out */
+            if (late)
+                s->owed--;
+            else
+                snprintf(reply, len, "%.*s", (int)k, s->rbuf);
             memmove(s->rbuf, nl + 1, s->rlen - k - 1);
             s->rlen -= k + 1;
-            return 0;
+            if (!late)
+                return 0;
+            continue;
         }
-        if (s->rlen == sizeof(s->rbuf))
+        if (s->rlen == sizeof(s->rbuf)) {
+            s->rlen = 0; /* a line longer than any reply: dropped whole */
+            s->owed++;
             return -EPROTO;
+        }
         int left = (int)((deadline - mono_s()) * 1000);
         struct pollfd pf = {.fd = s->sup_fd, .events = POLLIN};
-        if (left <= 0)
+        if (left <= 0) {
+            s->owed++;
             return -ETIMEDOUT;
+        }
         int r = poll(&pf, 1, left);
         if (r < 0 && errno != EINTR)
             return -errno;
@@ -227,6 +276,7 @@ static int sup_attach(struct session *s, char *err, size_t errlen)
     s->sup_fd = fd;
     s->exec_gen = gen;
     s->rlen = 0;
+    s->owed = 0;
     snprintf(req, sizeof(req), "HELLO 1 %s", OFFLOAD_VERSION);
     int r = sup_call(s, req, reply, sizeof(reply));
     if (r != 0) {
@@ -266,11 +316,12 @@ static void name_for(struct session *s, const char *path, bool ro, char *out, si
                                 ? *p
                                 : '_');
     clean[k] = '\0';
-    snprintf(out, len, "%s-%d%s", *clean ? clean : "x", s->nex + 1, ro ? "-ro" : "");
+    snprintf(out, len, "%s-%u%s", *clean ? clean : "x", ++s->seq, ro ? "-ro" : "");
 }
 
 static void export_free(struct export *e)
 {
+    free(e->req);
     tun_ep_stop(e->ep);
     fa_free(e->fa);
     if (e->root)
@@ -397,7 +448,7 @@ static int export_new(struct session *s, const char *path, bool ro, bool file, s
     free(key64);
     free(known64);
     r = sup_call(s, req, reply, sizeof(reply));
-    free(req);
+    e->req = req;
     char want[128];
     snprintf(want, sizeof(want), "MOUNTED %s ", e->name);
     if (r != 0) {
@@ -462,8 +513,12 @@ static int rewrite_bind(void *arg, const char *src, bool ro, bool is_mount_api, 
                      strerror(errno));
             return -errno;
         }
-        if (stat(src, &st) != 0)
-            return -errno;
+        if (stat(src, &st) != 0) {
+            int e = errno;
+            snprintf(msg, msglen, "error while creating mount source path '%s': %s", src,
+                     strerror(e));
+            return -e;
+        }
     }
     bool file = !S_ISDIR(st.st_mode);
     if (file && !S_ISREG(st.st_mode)) {
@@ -558,6 +613,50 @@ struct fconn {
     int cfd, port;
 };
 
+/* Connections of published ports in flight (their threads are detached): counted, so that the
+ * tunnel is not stopped under them; their laptop sockets are shut down at the end. */
+#define MAX_FCONNS 256
+static pthread_mutex_t fc_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t fc_cond = PTHREAD_COND_INITIALIZER;
+static int fc_fds[MAX_FCONNS], fc_n;
+
+static bool fconn_add(int fd)
+{
+    pthread_mutex_lock(&fc_lock);
+    bool ok = fc_n < MAX_FCONNS;
+    if (ok)
+        fc_fds[fc_n++] = fd;
+    pthread_mutex_unlock(&fc_lock);
+    return ok;
+}
+
+static void fconn_del(int fd)
+{
+    pthread_mutex_lock(&fc_lock);
+    for (int i = 0; i < fc_n; i++)
+        if (fc_fds[i] == fd) {
+            fc_fds[i] = fc_fds[--fc_n];
+            break;
+        }
+    pthread_cond_broadcast(&fc_cond);
+    pthread_mutex_unlock(&fc_lock);
+}
+
+/* End every published-port connection and wait (bounded) for their threads to let go. */
+static void forward_conns_end(struct session *s)
+{
+    (void)s;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += 10;
+    pthread_mutex_lock(&fc_lock);
+    for (int i = 0; i < fc_n; i++)
+        shutdown(fc_fds[i], SHUT_RDWR);
+    while (fc_n > 0 && pthread_cond_timedwait(&fc_cond, &fc_lock, &ts) == 0)
+        ;
+    pthread_mutex_unlock(&fc_lock);
+}
+
 /* accept loop of one published port's laptop listener */
 static void *forward_main(void *arg)
 {
@@ -576,7 +675,13 @@ static void *forward_main(void *arg)
             continue;
         }
         *fc = (struct fconn){f->s, c, f->port};
+        if (atomic_load(&f->s->stop) || !fconn_add(c)) {
+            close(c);
+            free(fc);
+            continue;
+        }
         if (pthread_create(&t, NULL, forward_conn, fc) != 0) {
+            fconn_del(c);
             close(c);
             free(fc);
             continue;
@@ -592,9 +697,11 @@ static void *forward_conn(void *arg)
     struct fconn *fc = arg;
     char err[256];
     int up;
-    if (ctl_open_tcp(fc->s->ctl, "127.0.0.1", fc->port, &up, err, sizeof(err)) != 0) {
-        if (fc->s->verbose)
+    if (atomic_load(&fc->s->stop) ||
+        ctl_open_tcp(fc->s->ctl, "127.0.0.1", fc->port, &up, err, sizeof(err)) != 0) {
+        if (fc->s->verbose && !atomic_load(&fc->s->stop))
             say(fc->s, "port %d: %s", fc->port, err);
+        fconn_del(fc->cfd);
         close(fc->cfd);
         free(fc);
         return NULL;
@@ -630,6 +737,7 @@ static void *forward_conn(void *arg)
         }
     }
     close(up);
+    fconn_del(fc->cfd);
     close(fc->cfd);
     free(fc);
     return NULL;
@@ -637,6 +745,8 @@ static void *forward_conn(void *arg)
 
 static void forward_open(struct session *s, const char *container, int port)
 {
+    if (atomic_load(&s->stop))
+        return;
     pthread_mutex_lock(&s->port_lock);
     for (int i = 0; i < MAX_FORWARDS; i++)
         if (s->fw[i].used && s->fw[i].port == port) {
@@ -683,8 +793,8 @@ static void forward_close_for(struct session *s, const char *container)
         if (!f->used || (container && strcmp(f->container, container) != 0))
             continue;
         shutdown(f->lfd, SHUT_RDWR);
-        close(f->lfd);
         pthread_join(f->thr, NULL);
+        close(f->lfd);
         if (container)
             say(s, "port %d of container %.12s closed", f->port, container);
         f->used = false;
@@ -914,6 +1024,78 @@ static void serve_ctl_request(struct session *s)
         dprintf(c, "ok\n");
     }
     close(c);
+}
+
+/* Ask the cloud side how its mounts are; one that died (killed, crashed) is mounted again. A
+ * container that had it bound keeps a dead bind until it is restarted: that is said. */
+static void check_mounts(struct session *s)
+{
+    char *reply = malloc(LINE_MAX_LEN), *doc = NULL;
+    if (!reply)
+        return;
+    pthread_mutex_lock(&s->lock);
+    if (s->nex == 0 || sup_call(s, "STATUS", reply, LINE_MAX_LEN) != 0 ||
+        strncmp(reply, "STATUS ", 7) != 0 || unb64(reply + 7, &doc) != 0) {
+        pthread_mutex_unlock(&s->lock);
+        free(reply);
+        return;
+    }
+    json_t *root = json_loads(doc, 0, NULL);
+    json_t *mounts = json_object_get(root, "mounts");
+    for (int k = 0; k < s->nex; k++) {
+        struct export *e = &s->ex[k];
+        bool up = false, known = false;
+        size_t i;
+        json_t *m;
+        json_array_foreach(mounts, i, m)
+        {
+            const char *name = json_string_value(json_object_get(m, "name"));
+            if (name && strcmp(name, e->name) == 0) {
+                known = true;
+                up = json_is_true(json_object_get(m, "mounted"));
+            }
+        }
+        if (up || !e->req)
+            continue;
+        /* its mount died, or the cloud side's session is a new one (the laptop was away longer
+         * than the linger time): mount it again at the same place */
+        say(s, "the cloud side's mount of '%s' %s; mounting it again%s", e->path,
+            known ? "ended" : "is gone (a new session there)",
+            known ? " (containers that bind it must be restarted)" : "");
+        if (sup_call(s, e->req, reply, LINE_MAX_LEN) != 0 || strncmp(reply, "MOUNTED ", 8) != 0)
+            say(s, "cannot mount '%s' again: %.200s", e->path, reply);
+    }
+    json_decref(root);
+    pthread_mutex_unlock(&s->lock);
+    free(doc);
+    free(reply);
+}
+
+/* The foreground status line: printed when what it says changes. */
+static void status_line(struct session *s)
+{
+    static char last[256];
+    char now[256];
+    struct ctl_stats cs;
+    struct dp_stats ds;
+    ctl_stats(s->ctl, &cs);
+    dp_get_stats(s->dp, &ds);
+    pthread_mutex_lock(&s->lock);
+    int nex = s->nex;
+    pthread_mutex_unlock(&s->lock);
+    int ports = 0;
+    pthread_mutex_lock(&s->port_lock);
+    for (int i = 0; i < MAX_FORWARDS; i++)
+        ports += s->fw[i].used;
+    pthread_mutex_unlock(&s->port_lock);
+    xfmt(now, sizeof(now), "%s: link %s; %d share%s, %d container%s running, %d port%s", s->host,
+             cs.connected ? "up" : "down, reconnecting", nex, nex == 1 ? "" : "s",
+             atomic_load(&s->running), atomic_load(&s->running) == 1 ? "" : "s", ports,
+             ports == 1 ? "" : "s");
+    if (strcmp(now, last) != 0) {
+        say(s, "%s", now);
+        snprintf(last, sizeof(last), "%s", now);
+    }
 }
 
 /* ---- docker context ---- */
@@ -1199,6 +1381,20 @@ int cmd_connect(int argc, char **argv)
         setrlimit(RLIMIT_NOFILE, &rl);
     }
 
+    /* Ctrl-C, SIGTERM and SIGHUP end the session cleanly; every thread started from here on
+     * has them blocked (no EINTR in the tunnel, the proxy or the forwards), the main thread
+     * takes them once everything is up */
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+    sigset_t block, oldmask;
+    sigemptyset(&block);
+    sigaddset(&block, SIGINT);
+    sigaddset(&block, SIGTERM);
+    sigaddset(&block, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &block, &oldmask);
+
     /* the tunnel, and the cloud side's supervisor on its exec channel */
     char remote_cmd[PATH_MAX * 2 + 128];
     xfmt(remote_cmd, sizeof(remote_cmd), "%s mountd --session %s%s%s", s->remote_offload,
@@ -1272,20 +1468,27 @@ int cmd_connect(int argc, char **argv)
         ready_pipe = -1;
     }
 
-    struct sigaction sa = {.sa_handler = on_signal};
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGHUP, &sa, NULL);
+    pthread_sigmask(SIG_SETMASK, &oldmask, NULL); /* the main thread alone takes the signals */
     long long last_batches = -1;
+    unsigned ticks = 0;
     while (!atomic_load(&s->stop) && !got_signal) {
         struct pollfd pf = {.fd = s->ctl_sock, .events = POLLIN};
         if (poll(&pf, 1, 1000) == 1)
             serve_ctl_request(s);
+        if (++ticks % 5 == 0)
+            check_mounts(s);
+        if (!detach)
+            status_line(s);
         if (atomic_exchange(&s->reattach, 0)) {
             pthread_mutex_lock(&s->lock);
-            if (sup_attach(s, err, sizeof(err)) != 0)
-                say(s, "%s", err);
+            int ar = sup_attach(s, err, sizeof(err));
             pthread_mutex_unlock(&s->lock);
+            if (ar != 0) {
+                say(s, "%s (trying again)", err);
+                atomic_store(&s->reattach, 1);
+            } else {
+                check_mounts(s);
+            }
         }
         /* file activity: any change the shares' agents sent */
         long long batches = 0;
@@ -1321,6 +1524,15 @@ out:
     atomic_store(&s->stop, 1);
     if (*s->end_reason)
         say(s, "ending the session: %s", s->end_reason);
+    /* nothing new reaches the cloud side from here on: the proxy goes first (no bind is rewritten
+     * to a mount that is about to go), then the events thread and the port forwards, then the
+     * cloud side's session, then the tunnel they all ran over */
+    if (s->dp)
+        dp_stop(s->dp);
+    if (ev_started)
+        pthread_join(ev_thr, NULL); /* it checks 'stop' at least every 2 s */
+    forward_close_for(s, NULL);
+    forward_conns_end(s);
     if (s->sup_fd >= 0) {
         char reply[256];
         pthread_mutex_lock(&s->lock);
@@ -1331,17 +1543,9 @@ out:
     }
     if (ctx)
         context_unset();
-    if (s->dp)
-        dp_stop(s->dp);
-    forward_close_for(s, NULL);
-    if (ev_started) {
-        /* the events thread leaves when its stream ends with the tunnel */
-        ctl_stop(s->ctl);
-        s->ctl = NULL;
-        pthread_join(ev_thr, NULL);
-    }
     if (s->ctl)
         ctl_stop(s->ctl);
+    s->ctl = NULL;
     for (int i = 0; i < s->nex; i++)
         export_free(&s->ex[i]);
     if (s->sup_fd >= 0)

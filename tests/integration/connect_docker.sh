@@ -6,11 +6,13 @@
 #   - docker run -v shows exactly the laptop files; docker inspect shows a mountd path as source
 #     (so a proxy that rewrote nothing could not pass: the cloud cannot see the laptop folder)
 #   - --mount type=bind,readonly refuses writes; a missing --mount source gives docker's error
+#   - a single-file bind shows only that file and follows an editor's atomic save
 #   - a container's writes reach the laptop; a laptop edit reaches a running container, and an
-#     inotifyd watching the bind in the container sees it
+#     inotifywait watching the bind in the container sees it
 #   - docker run -i with stdin, docker exec
 #   - -p 18080:80 with busybox httpd answers on the laptop; docker-compose up with a bind and a port
 #   - the tunnel cut and restored: docker works again and the shares still serve
+#   - the cloud side's mount killed: reported and mounted again
 #   - offload disconnect, and the idle timeout: nothing of the session left on the cloud host
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -140,7 +142,10 @@ pass "a single-file bind shows only that file and stays live across an editor's 
 # --- streams: run -i, exec ------------------------------------------------------------------------------
 assert_eq "hello" "$(echo hello | dk run -i --rm --network none offload-test:busybox cat)" "docker run -i"
 assert_eq "file 7" "$(dk exec keeper cat /app/sub/f7.txt)" "docker exec"
-pass "docker run -i and docker exec stream through the proxy"
+# docker run -it on a pseudo-terminal (script), its output with ^@ and CR dropped
+tty_out=$(timeout 60 script -qec "docker run -it --rm --network none -v '$LAP/src:/app' offload-test:busybox sh -c 'test -t 0 && cat /app/sub/f5.txt'" /dev/null </dev/null | tr -d '\r' | sed 's/^\^@//')
+assert_eq "file 5" "$tty_out" "docker run -it with a terminal"
+pass "docker run -i, docker run -it and docker exec stream through the tunnel"
 
 # --- published ports, compose -----------------------------------------------------------------------------
 dk run -d --name web -p 18080:80 -v "$LAP/www:/www" offload-test:busybox httpd -f -p 80 -h /www >/dev/null
@@ -189,8 +194,23 @@ done
 assert_eq "live 2" "$(dk exec keeper cat /app/live.txt)" "a laptop edit after the link came back"
 pass "the tunnel cut and restored: cached files kept serving, docker and the live share came back"
 
-# --- disconnect: nothing of the session left on the cloud host -------------------------------------------------
+# --- the cloud side's mount killed: reported, mounted again ------------------------------------------------
 dk rm -f keeper watcher >/dev/null
+mpid=$(cloud pgrep -f "offload-endpoint:/$(basename "$src") " | head -n 1)
+[[ -n $mpid ]] || fail "no mount process for $src on the cloud host"
+cloud kill -9 "$mpid"
+for _ in $(seq 150); do grep -q "mounting it again" /run/offload/connect/connect.log && break; sleep 0.1; done
+grep -q "mounting it again" /run/offload/connect/connect.log ||
+	fail "the killed mount was not reported: $(tail -n 3 /run/offload/connect/connect.log)"
+out=""
+for _ in $(seq 100); do
+	out=$(dk run --rm --network none -v "$LAP/src:/app" offload-test:busybox cat /app/sub/f9.txt 2>&1) && break
+	sleep 0.2
+done
+assert_eq "file 9" "$out" "a new container after the cloud side's mount was killed"
+pass "the cloud side's mount killed: reported, mounted again, new containers see the files"
+
+# --- disconnect: nothing of the session left on the cloud host -------------------------------------------------
 "$OFFLOAD_BIN" disconnect || fail "offload disconnect failed"
 [[ $(docker context show 2>/dev/null) != offload ]] || fail "the docker context still points at the session"
 [[ -z $(ls -A "$RBASE" 2>/dev/null) ]] || fail "session files left on the cloud host: $(ls -A "$RBASE")"
