@@ -628,11 +628,8 @@ static int send_out(struct fm *fm)
     }
 }
 
-static int keep_row(void *arg, const struct idx_jentry *e)
+static int keep_id(struct fm *fm, int64_t file)
 {
-    struct fm *fm = arg;
-    if (!e->file)
-        return 0;
     if (fm->n_keep == fm->cap_keep) {
         size_t cap = fm->cap_keep ? fm->cap_keep * 2 : 64;
         int64_t *v = realloc(fm->keep, cap * sizeof(*v));
@@ -641,19 +638,36 @@ static int keep_row(void *arg, const struct idx_jentry *e)
         fm->keep = v;
         fm->cap_keep = cap;
     }
-    fm->keep[fm->n_keep++] = e->file;
+    fm->keep[fm->n_keep++] = file;
     return 0;
 }
 
-/* Rows changed here and not yet written back are not in the source's snapshot: remember them
- * (before the snapshot's batch opens: the journal cannot be scanned inside a batch). */
+static int keep_row(void *arg, const struct idx_jentry *e)
+{
+    return e->file ? keep_id(arg, e->file) : 0;
+}
+
+static void keep_written_back(void *arg, int64_t file)
+{
+    keep_id(arg, file);
+}
+
+/* Rows changed here and not yet written back (or written back lately) may not be in the
+ * source's snapshot: remember them (before the snapshot's batch opens: the journal cannot be
+ * scanned inside a batch). */
 static int collect_pending(struct fm *fm)
 {
     fm->n_keep = 0;
     for (int tries = 0; tries < 200; tries++) {
         int r = idx_journal_scan(fm->m->idx, 0, SIZE_MAX, keep_row, fm);
-        if (r != -EBUSY)
+        if (r != -EBUSY) {
+            /* and those written back lately: the source may have taken its snapshot before
+             * they landed there (their echo is left alone, so nothing else would bring them) */
+            if (r >= 0)
+                md_written_back_since(fm->m, md_wall_ns() - ECHO_WINDOW_NS * 6,
+                                      keep_written_back, fm);
             return r;
+        }
         fm->n_keep = 0;
         struct timespec ts = {0, 5 * 1000000};
         nanosleep(&ts, NULL);

@@ -1942,6 +1942,26 @@ void md_note_local(struct mountd *m, const char *path)
     pthread_mutex_unlock(&m->recent_lock);
 }
 
+void md_note_written_back(struct mountd *m, int64_t file)
+{
+    size_t n = sizeof(m->wback) / sizeof(m->wback[0]);
+    pthread_mutex_lock(&m->recent_lock);
+    m->wback[m->n_wback++ % n] = (struct written_back){file, md_wall_ns()};
+    pthread_mutex_unlock(&m->recent_lock);
+}
+
+void md_written_back_since(struct mountd *m, int64_t since, void (*cb)(void *, int64_t),
+                           void *arg)
+{
+    size_t n = sizeof(m->wback) / sizeof(m->wback[0]);
+    pthread_mutex_lock(&m->recent_lock);
+    size_t first = m->n_wback > n ? m->n_wback - n : 0;
+    for (size_t i = first; i < m->n_wback; i++)
+        if (m->wback[i % n].t >= since && m->wback[i % n].file)
+            cb(arg, m->wback[i % n].file);
+    pthread_mutex_unlock(&m->recent_lock);
+}
+
 bool md_recent_local(struct mountd *m, const char *path)
 {
     uint64_t h = path_hash(path);

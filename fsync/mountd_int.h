@@ -139,6 +139,11 @@ struct mountd {
         uint64_t hash; /* of the source path */
         int64_t t;     /* last changed here, or acknowledged by the source */
     } recent[65536];   /* protected by recent_lock */
+    struct written_back {
+        int64_t file; /* row id */
+        int64_t t;    /* when the source acknowledged a change of it */
+    } wback[4096];    /* a ring, protected by recent_lock */
+    size_t n_wback;   /* entries ever added (the ring holds the last 4096) */
     atomic_bool mounted;
     _Atomic pid_t rf_tid; /* the thread that reflects (the feed thread) */
     pthread_mutex_t rf_lock;
@@ -198,6 +203,13 @@ void md_note_local(struct mountd *m, const char *path);
 /* Was the source path changed through the mount in the last ECHO_WINDOW_NS (or is a change of
  * it still waiting to be written back)? The feed then leaves it alone: the local copy wins. */
 bool md_recent_local(struct mountd *m, const char *path);
+/* Row 'file' had a change written back just now (the write-back sender). A snapshot the source
+ * took before that change landed does not show it: the rows written back within
+ * ECHO_WINDOW_NS of a snapshot are kept by it (md_written_back_since). */
+void md_note_written_back(struct mountd *m, int64_t file);
+/* Call cb for every row written back at or after 'since' (wall ns). */
+void md_written_back_since(struct mountd *m, int64_t since, void (*cb)(void *, int64_t),
+                           void *arg);
 int wb_start(struct mountd *m);
 void wb_stop(struct mountd *m);
 void wb_kick(struct mountd *m);

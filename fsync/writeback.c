@@ -336,6 +336,8 @@ static void settle(struct wb *wb)
         }
         idx_journal_done(m->idx, row->seq);
         md_note_local(m, row->path); /* its echo from the source comes after this */
+        if (!row->err && row->kind != IDX_J_UNLINK && row->kind != IDX_J_RMDIR)
+            md_note_written_back(m, row->file);
         if (row->kind == IDX_J_RENAME)
             md_note_local(m, row->path2);
         if (row->kind == IDX_J_WRITE && row->count && !row->err)

@@ -110,11 +110,14 @@ static int64_t now_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/* A STATUS payload as a negative errno (0 for OK); a malformed one is -EIO. */
+/* A STATUS payload as a negative errno (0 for OK), refined by its message where SFTP v3 has no
+ * code (a full disk, a quota, a read-only file system); a malformed one is -EIO. */
 static int parse_status(struct buf *b)
 {
     uint32_t code;
-    return sfc_get_status(b, &code) != 0 ? -EIO : sfc_status_errno(code);
+    char msg[128];
+    return sfc_get_status_msg(b, &code, msg, sizeof(msg)) != 0 ? -EIO
+                                                               : sfc_status_errno_msg(code, msg);
 }
 
 static void wake(tun_sftp_t *s)

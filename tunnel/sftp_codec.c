@@ -2,6 +2,7 @@
 #include "sftp_codec.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 
 int sfc_get_packet(struct buf *rx, uint32_t max, uint8_t *type, uint32_t *id, struct buf *payload)
@@ -168,6 +169,43 @@ int sfc_put_name(struct buf *b, const char *name, const char *longname,
 int sfc_get_status(struct buf *b, uint32_t *code)
 {
     return buf_get_u32(b, code);
+}
+
+int sfc_get_status_msg(struct buf *b, uint32_t *code, char *msg, size_t msglen)
+{
+    const uint8_t *p;
+    uint32_t n;
+    if (msglen)
+        msg[0] = '\0';
+    if (buf_get_u32(b, code) != 0)
+        return -EBADMSG;
+    if (msglen && buf_get_string(b, &p, &n) == 0) {
+        size_t k = n < msglen - 1 ? n : msglen - 1;
+        memcpy(msg, p, k);
+        msg[k] = '\0';
+    }
+    return 0;
+}
+
+int sfc_status_errno_msg(uint32_t code, const char *msg)
+{
+    static const int refine[] = {ENOSPC,  EDQUOT, EROFS,  EFBIG,        EEXIST, ENOTEMPTY,
+                                 ENOTDIR, EISDIR, ENAMETOOLONG, ELOOP,  EXDEV,  EMLINK,
+                                 EINVAL,  EBUSY,  ETXTBSY,      EPERM};
+    int err = sfc_status_errno(code);
+    if ((code != SFC_FAILURE && code != SFC_PERMISSION_DENIED) || !msg || !*msg)
+        return err;
+    for (size_t i = 0; i < sizeof(refine) / sizeof(refine[0]); i++) {
+        char text[128];
+        const char *t = strerror_r(refine[i], text, sizeof(text));
+        if (t != text)
+            snprintf(text, sizeof(text), "%s", t);
+        if (text[0] >= 'A' && text[0] <= 'Z')
+            text[0] = (char)(text[0] - 'A' + 'a');
+        if (strcmp(text, msg) == 0)
+            return -refine[i];
+    }
+    return err;
 }
 
 int sfc_status_errno(uint32_t code)

@@ -117,5 +117,15 @@ int sfc_put_name(struct buf *b, const char *name, const char *longname,
 /* A status code as a negative errno: 0, -ENODATA (EOF), -ENOENT, -EACCES, -EBADMSG, -EIO,
  * -EOPNOTSUPP; unknown codes are -EIO. */
 int sfc_status_errno(uint32_t code);
+/* The same, refined by the status message: SFTP v3 has no code for a full disk, a quota, a
+ * read-only file system and the like, so a FAILURE (or PERMISSION_DENIED) whose message is the
+ * text of such an errno (as `offload serve` sends: strerror, first letter lower-cased; OpenSSH's
+ * server says only "Failure") is that errno: -ENOSPC, -EDQUOT, -EROFS, -EFBIG, -EEXIST,
+ * -ENOTEMPTY, -ENOTDIR, -EISDIR, -ENAMETOOLONG, -ELOOP, -EXDEV, -EMLINK, -EINVAL, -EBUSY, -ETXTBSY,
+ * -EPERM. 'msg' may be NULL. */
+int sfc_status_errno_msg(uint32_t code, const char *msg);
+/* A STATUS payload's code and message (copied into msg, NUL-terminated, cut to msglen - 1; empty
+ * when absent). */
+int sfc_get_status_msg(struct buf *b, uint32_t *code, char *msg, size_t msglen);
 
 #endif

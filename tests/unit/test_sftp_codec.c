@@ -814,6 +814,40 @@ START_TEST(test_status_truncated_fails_unchanged)
 }
 END_TEST
 
+/* A FAILURE whose message is the text of an errno SFTP v3 has no code for is that errno; other
+ * messages, and OpenSSH's plain "Failure", stay -EIO. */
+START_TEST(test_status_message_refines_failure)
+{
+    struct buf b;
+    uint32_t code;
+    char msg[64];
+
+    ck_assert_int_eq(sfc_status_errno_msg(SFC_FAILURE, "no space left on device"), -ENOSPC);
+    ck_assert_int_eq(sfc_status_errno_msg(SFC_FAILURE, "disk quota exceeded"), -EDQUOT);
+    ck_assert_int_eq(sfc_status_errno_msg(SFC_PERMISSION_DENIED, "read-only file system"), -EROFS);
+    ck_assert_int_eq(sfc_status_errno_msg(SFC_PERMISSION_DENIED, "permission denied"), -EACCES);
+    ck_assert_int_eq(sfc_status_errno_msg(SFC_FAILURE, "Failure"), -EIO);
+    ck_assert_int_eq(sfc_status_errno_msg(SFC_FAILURE, ""), -EIO);
+    ck_assert_int_eq(sfc_status_errno_msg(SFC_FAILURE, NULL), -EIO);
+    ck_assert_int_eq(sfc_status_errno_msg(SFC_NO_SUCH_FILE, "no space left on device"), -ENOENT);
+    buf_init(&b, 1024);
+    ck_assert_int_eq(buf_put_u32(&b, SFC_FAILURE), 0);
+    ck_assert_int_eq(buf_put_cstring(&b, "no space left on device"), 0);
+    ck_assert_int_eq(buf_put_cstring(&b, ""), 0);
+    ck_assert_int_eq(sfc_get_status_msg(&b, &code, msg, sizeof(msg)), 0);
+    ck_assert_uint_eq(code, SFC_FAILURE);
+    ck_assert_str_eq(msg, "no space left on device");
+    ck_assert_int_eq(sfc_status_errno_msg(code, msg), -ENOSPC);
+    buf_free(&b);
+    /* a status with no message at all */
+    buf_init(&b, 1024);
+    ck_assert_int_eq(buf_put_u32(&b, SFC_FAILURE), 0);
+    ck_assert_int_eq(sfc_get_status_msg(&b, &code, msg, sizeof(msg)), 0);
+    ck_assert_str_eq(msg, "");
+    buf_free(&b);
+}
+END_TEST
+
 START_TEST(test_status_codes_map_to_errno)
 {
     static const struct {
@@ -1099,6 +1133,7 @@ static Suite *sftp_codec_suite(void)
     tcase_add_test(tc, test_status_reads_code_only);
     tcase_add_test(tc, test_status_truncated_fails_unchanged);
     tcase_add_test(tc, test_status_codes_map_to_errno);
+    tcase_add_test(tc, test_status_message_refines_failure);
     tcase_add_test(tc, test_status_unknown_code_is_eio);
 
     tc = tcase(s, "put");
