@@ -37,8 +37,10 @@
  *
  * Errors: negative errno. SFTP status codes map to ENOENT, EACCES, EIO (failure), EBADMSG,
  * EOPNOTSUPP; a malformed reply drops the connection (logged) and fails its request with -EIO.
- * SFTP v3 has no code for most errno values: OpenSSH's server answers FAILURE, so -EIO, for EEXIST,
- * ENOTEMPTY, EISDIR, ENOSPC, EDQUOT, EROFS and the rest; the cause cannot be told from the reply.
+ * SFTP v3 has no code for most errno values: OpenSSH's server answers FAILURE ("Failure"), so -EIO,
+ * for EEXIST, ENOTEMPTY, EISDIR, ENOSPC, EDQUOT, EROFS and the rest. `offload serve` sends the
+ * errno's text with the status, which the client maps back (sfc_status_errno_msg): from it those
+ * arrive as themselves (and EPERM / EROFS behind PERMISSION_DENIED).
  */
 #ifndef OFFLOAD_SFTP_CLIENT_H
 #define OFFLOAD_SFTP_CLIENT_H
@@ -100,7 +102,7 @@ int tun_sftp_open(tun_sftp_t *s, const char *path, struct tun_sftp_handle *h);
 /* Open with SFC_FXF_* pflags (READ, WRITE, APPEND, CREAT, TRUNC, EXCL). create_attrs (may be NULL)
  * are the attributes of a file CREAT makes, usually just TUN_SFTP_ATTR_PERMISSIONS (the server's
  * umask applies). The handle in *h belongs to the connection that answered. With EXCL an existing
- * file gives -EIO (SFTP v3 FAILURE, see Errors). Any pflag but READ makes it a write-side request:
+ * file gives -EEXIST from `offload serve`, -EIO from OpenSSH's server (see Errors). Any pflag but READ makes it a write-side request:
  * if the link drops after it was sent, -ECONNRESET (it may have created or truncated the file). */
 int tun_sftp_open_flags(tun_sftp_t *s, const char *path, uint32_t pflags,
                         const struct tun_sftp_attr *create_attrs, struct tun_sftp_handle *h);

@@ -32,15 +32,15 @@ assert_eq 0 "$(counter meta_fetches)" "metadata round trips for a full walk with
 pass "snapshot: a full walk equals the laptop tree with 0 metadata round trips"
 
 # converge WHAT: wait (up to 10 s) until the mount equals the laptop tree
-converge() {
+converge() { # a liveness bound, not a latency target (the benchmark measures that)
 	local i
-	for i in $(seq 100); do
+	for i in $(seq 300); do
 		if tree_equal "$SRC" "$MNT" >/dev/null 2>&1; then
 			return 0
 		fi
 		sleep 0.1
 	done
-	tree_equal "$SRC" "$MNT" || fail "$1: the mount did not converge within 10 s"
+	tree_equal "$SRC" "$MNT" || fail "$1: the mount did not converge within 30 s"
 }
 stat_same() { # PATH: size, mode, mtime (ns) equal on both sides
 	assert_eq "$(stat -c '%s %a %Y.%y' "$SRC/$1")" "$(stat -c '%s %a %Y.%y' "$MNT/$1")" "stat of $1"
