@@ -309,6 +309,19 @@ static int apply_entry(struct fm *fm, const struct feed_entry *e)
     memset(&f, 0, sizeof(f));
     if (!fm->in_snap && echo(fm, e->path)) {
         FS_STAT_ADD(&m->st, feed_echoes, 1);
+        /* The echo of our own change: content and version stay ours. Its times are the source's
+         * though (a write-back's writes set the laptop's mtime when they land, seconds after the
+         * write here): take them when they differ by a second or more, so that both sides show
+         * the same mtime (a difference below a second is the ns an SFTP v3 SETSTAT drops). */
+        if (*e->path && idx_resolve(m->idx, e->path, &old) == 0 && S_ISREG(old.mode) &&
+            S_ISREG(e->mode) && old.size == e->size &&
+            old.mtime_ns / 1000000000 != e->mtime_ns / 1000000000) {
+            old.mtime_ns = e->mtime_ns;
+            old.atime_ns = e->atime_ns;
+            old.ctime_ns = e->ctime_ns;
+            if (idx_put_keep_version(m->idx, &old) == 0)
+                md_queue_inval(m, (fuse_ino_t)old.id);
+        }
         return 0;
     }
     if (*e->path) {
