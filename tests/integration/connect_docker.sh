@@ -35,9 +35,11 @@ cloud_down() {
 	"$CLOUD_TOOL" down "$CLOUD" >/dev/null 2>&1 || true
 	return "$rc"
 }
-trap 'cloud_down; t_cleanup' EXIT
-trap 'cloud_down; t_cleanup; trap - EXIT; exit 130' INT
-trap 'cloud_down; t_cleanup; trap - EXIT; exit 143' TERM
+# (set +e: under errexit a failing cloud_down would end the trap before t_cleanup, leaking the
+# relays, whose open stdout then keeps ctest waiting)
+trap 'rc=$?; set +e; cloud_down; (exit $rc); t_cleanup' EXIT
+trap 'set +e; cloud_down; t_cleanup; trap - EXIT; exit 130' INT
+trap 'set +e; cloud_down; t_cleanup; trap - EXIT; exit 143' TERM
 
 "$CLOUD_TOOL" up "$CLOUD" --hide "$LAP" >"$T/cloud.out" 2>&1 || fail "tools/cloud up: $(cat "$T/cloud.out")"
 cloud() { "$CLOUD_TOOL" exec "$CLOUD" "$@"; }
@@ -90,7 +92,8 @@ if dk run --rm --network none --mount "type=bind,source=$LAP/src,target=/app,rea
 fi
 [[ ! -e $LAP/src/nope ]] || fail "the readonly write reached the laptop"
 dk run --rm --network none --mount "type=bind,source=$LAP/src,target=/app,readonly" \
-	offload-test:busybox cat /app/live.txt | grep -q 'live 0' || fail "readonly mount unreadable"
+	offload-test:busybox cat /app/live.txt >"$T/ro.out" || fail "readonly mount unreadable"
+grep -q 'live 0' "$T/ro.out" || fail "readonly mount: unexpected content '$(cat "$T/ro.out")'"
 if dk run --rm --network none --mount "type=bind,source=$LAP/missing,target=/app" \
 	offload-test:busybox true 2>"$T/missing.err"; then
 	fail "a missing --mount source was accepted"
@@ -118,8 +121,13 @@ for _ in $(seq 50); do
 	sleep 0.1
 done
 assert_eq "live 1" "$(dk exec keeper cat /app/live.txt)" "a laptop edit in a running container"
-for _ in $(seq 50); do dk logs watcher 2>&1 | grep -q 'live.txt' && break; sleep 0.1; done
-dk logs watcher 2>&1 | grep -q 'live.txt' ||
+# (logs to a file first: grep -q in a pipeline under pipefail fails when the writer gets SIGPIPE)
+for _ in $(seq 50); do
+	dk logs watcher >"$T/watcher.log" 2>&1 || true
+	grep -q 'live.txt' "$T/watcher.log" && break
+	sleep 0.1
+done
+grep -q 'live.txt' "$T/watcher.log" ||
 	fail "inotifywait in the container saw no event for the laptop edit: $(dk logs watcher 2>&1 | head -3)"
 pass "a laptop edit reaches a running container (docker exec sees it; inotifywait in it gets the event)"
 
