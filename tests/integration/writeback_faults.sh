@@ -17,7 +17,7 @@ small_down() {
 	umount -l "$T/small" 2>/dev/null || true
 	return "$rc"
 }
-trap 'small_down; t_cleanup' EXIT
+trap 'rc=$?; set +e; small_down; (exit $rc); t_cleanup' EXIT # t_cleanup always runs
 "$OFFLOAD_BIN" serve "$T/small" "$T/laptop" --details "$T/ep" >"$T/serve.out" 2>"$T/serve.err" &
 t_track $!
 for _ in $(seq 100); do [[ -f $T/ep/ssh_config ]] && break; sleep 0.1; done
