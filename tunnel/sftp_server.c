@@ -952,12 +952,25 @@ static int do_symlink(struct req *q)
 
 /* ---- extensions ---- */
 
+/* An EXTENDED_REPLY of n u64 values (statvfs, limits, fstat-id). */
+static int reply_u64s(struct req *q, const uint64_t *v, size_t n)
+{
+    size_t mark;
+    int r;
+
+    if ((r = sfc_put_begin(q->tx, SFC_EXTENDED_REPLY, q->id, &mark)) != 0)
+        return r;
+    for (size_t i = 0; i < n; i++)
+        if ((r = buf_put_u64(q->tx, v[i])) != 0)
+            return r;
+    sfc_put_end(q->tx, mark);
+    return 0;
+}
+
 static int put_statvfs(struct req *q, int fd, cf_root_t *root)
 {
     struct statvfs sv;
     uint64_t flag;
-    size_t mark;
-    int r;
 
     if (fstatvfs(fd, &sv) != 0)
         return -errno;
@@ -965,13 +978,7 @@ static int put_statvfs(struct req *q, int fd, cf_root_t *root)
     flag |= (sv.f_flag & ST_NOSUID) ? STATVFS_NOSUID : 0;
     uint64_t v[] = {sv.f_bsize, sv.f_frsize, sv.f_blocks, sv.f_bfree, sv.f_bavail, sv.f_files,
                     sv.f_ffree, sv.f_favail, sv.f_fsid,   flag,       sv.f_namemax};
-    if ((r = sfc_put_begin(q->tx, SFC_EXTENDED_REPLY, q->id, &mark)) != 0)
-        return r;
-    for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++)
-        if ((r = buf_put_u64(q->tx, v[i])) != 0)
-            return r;
-    sfc_put_end(q->tx, mark);
-    return 0;
+    return reply_u64s(q, v, sizeof(v) / sizeof(v[0]));
 }
 
 static int ext_statvfs(struct req *q)
@@ -1040,16 +1047,8 @@ static int ext_fsync(struct req *q)
 static int ext_limits(struct req *q)
 {
     const uint64_t v[] = {SFS_PACKET_MAX, SFS_READ_MAX, SFS_READ_MAX, SFS_HANDLES_MAX};
-    size_t mark;
-    int r;
 
-    if ((r = sfc_put_begin(q->tx, SFC_EXTENDED_REPLY, q->id, &mark)) != 0)
-        return r;
-    for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++)
-        if ((r = buf_put_u64(q->tx, v[i])) != 0)
-            return r;
-    sfc_put_end(q->tx, mark);
-    return 0;
+    return reply_u64s(q, v, sizeof(v) / sizeof(v[0]));
 }
 
 static int ext_lsetstat(struct req *q)
@@ -1064,7 +1063,6 @@ static int ext_fstat_id(struct req *q)
 {
     struct handle *h;
     struct stat st;
-    size_t mark;
     int r;
 
     if ((r = get_handle(q, 1u << H_FILE, &h)) != 0)
@@ -1073,13 +1071,7 @@ static int ext_fstat_id(struct req *q)
         return -errno;
     uint64_t v[] = {st.st_dev, st.st_ino, (uint64_t)st.st_size,
                     (uint64_t)st.st_mtim.tv_sec * 1000000000u + (uint64_t)st.st_mtim.tv_nsec};
-    if ((r = sfc_put_begin(q->tx, SFC_EXTENDED_REPLY, q->id, &mark)) != 0)
-        return r;
-    for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++)
-        if ((r = buf_put_u64(q->tx, v[i])) != 0)
-            return r;
-    sfc_put_end(q->tx, mark);
-    return 0;
+    return reply_u64s(q, v, sizeof(v) / sizeof(v[0]));
 }
 
 /* Announced in VERSION in this order, and looked up by name for EXTENDED. */
