@@ -18,7 +18,6 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 t_setup
 CLOUD=$T/cloud LAP=$T/laptop RBASE=$T/rbase
-: "${WANRELAY:=$(dirname "$OFFLOAD_BIN")/wanrelay}"
 CLOUD_TOOL=$OFFLOAD_SRC/tools/cloud
 export HOME=$T/home # the docker CLI's contexts and config stay in the test
 mkdir -p "$HOME" "$LAP/src/sub" "$LAP/out" "$LAP/www" "$LAP/compose" "$LAP/cfg"
@@ -47,13 +46,7 @@ cloud() { "$CLOUD_TOOL" exec "$CLOUD" "$@"; }
 
 # the ssh path goes through a relay, so the link can be cut
 rport=$((20000 + RANDOM % 20000))
-relay() {
-	"$WANRELAY" --listen "127.0.0.1:$rport" --connect "10.231.79.2:22" --delay-ms 0 --quiet &
-	relay_pid=$!
-	t_track $relay_pid
-	for _ in $(seq 50); do nc -z 127.0.0.1 "$rport" 2>/dev/null && return 0; sleep 0.1; done
-	fail "relay did not start"
-}
+relay() { relay_start "$rport" "10.231.79.2:22" 0; }
 relay
 sed "s/HostName .*/HostName 127.0.0.1/; s/Port 22/Port $rport/" "$CLOUD/ssh_config" >"$T/ssh_config"
 sed "s/^10.231.79.2 /[127.0.0.1]:$rport /" "$CLOUD/known_hosts" >"$T/known_hosts"
@@ -188,7 +181,7 @@ page_on 18081 || fail "compose: no page on 127.0.0.1:18081"
 pass "-p 18080:80 with busybox httpd answers on the laptop; docker-compose up/down with a bind and a port"
 
 # --- the tunnel cut and restored ----------------------------------------------------------------------------
-kill -9 "$relay_pid"
+kill -9 "$RELAY_PID"
 sleep 2
 assert_eq "file 3" "$(cloud cat "$src/sub/f3.txt")" "a cached file on the cloud host while the link is down"
 relay
@@ -204,7 +197,8 @@ pass "the tunnel cut and restored: cached files kept serving, docker and the liv
 
 # --- the cloud side's mount killed: reported, mounted again ------------------------------------------------
 dk rm -f keeper watcher >/dev/null
-mpid=$(cloud pgrep -f "offload-endpoint:/$(basename "$src") " | head -n 1)
+# ([o]: the pattern must not match the command line of the tools/cloud wrapper that runs pgrep)
+mpid=$(cloud pgrep -f "[o]ffload-endpoint:/$(basename "$src") " | head -n 1)
 [[ -n $mpid ]] || fail "no mount process for $src on the cloud host"
 cloud kill -9 "$mpid"
 for _ in $(seq 150); do grep -q "mounting it again" /run/offload/connect/connect.log && break; sleep 0.1; done

@@ -10,7 +10,6 @@ set -euo pipefail
 t_setup
 T_HOME=$T/home
 mkdir -p "$T_HOME"
-: "${WANRELAY:=$(dirname "$OFFLOAD_BIN")/wanrelay}"
 
 SRC=$T/laptop/src EP=$T/ep MNT=$T/mnt
 mkdir -p "$SRC/d" "$MNT"
@@ -28,13 +27,7 @@ port=$(sed -n 's/^ *Port //p' "$EP/ssh_config")
 
 # a relay in the path, so the link can be cut without touching either end
 rport=$((20000 + RANDOM % 20000))
-relay() {
-	"$WANRELAY" --listen "127.0.0.1:$rport" --connect "127.0.0.1:$port" --delay-ms 0 --quiet &
-	relay_pid=$!
-	t_track $relay_pid
-	for _ in $(seq 50); do nc -z 127.0.0.1 "$rport" 2>/dev/null && return 0; sleep 0.1; done
-	fail "relay did not start"
-}
+relay() { relay_start "$rport" "127.0.0.1:$port" 0; }
 relay
 sed "s/^ *Port .*/  Port $rport/; s#UserKnownHostsFile .*#UserKnownHostsFile $T/known_hosts#" \
 	"$EP/ssh_config" >"$T/ssh_config"
@@ -56,8 +49,8 @@ assert_eq true "$(counter feed_live)" "feed live after mount"
 cat "$MNT"/d/f1 "$MNT"/d/f2 >/dev/null
 
 # --- the link cut and restored -----------------------------------------------------------------
-kill -9 $relay_pid
-wait $relay_pid 2>/dev/null || true
+kill -9 $RELAY_PID
+wait $RELAY_PID 2>/dev/null || true
 wait_counter feed_live false 15
 assert_eq "file 1" "$(cat "$MNT/d/f1")" "a cached file while the link is down"
 printf 'changed while down\n' >"$SRC/d/f1"

@@ -418,6 +418,18 @@ sshfs_opts() {
 	fi
 }
 
+# relay_start PORT TARGET [DELAY_MS]: tools/wanrelay on 127.0.0.1:PORT to TARGET (host:port),
+# holding every chunk DELAY_MS (default 0) each way; tracked for the cleanup, and listening when
+# this returns. Sets RELAY_PID (kill -9 it to cut the link; call again to heal it).
+relay_start() {
+	: "${WANRELAY:=$(dirname "$OFFLOAD_BIN")/wanrelay}"
+	"$WANRELAY" --listen "127.0.0.1:$1" --connect "$2" --delay-ms "${3:-0}" --quiet &
+	RELAY_PID=$!
+	t_track $RELAY_PID
+	for _ in $(seq 50); do nc -z 127.0.0.1 "$1" 2>/dev/null && return 0; sleep 0.1; done
+	fail "relay on port $1 did not start"
+}
+
 # --- trees -------------------------------------------------------------------------
 
 # _t_tree_list DIR [--no-dir-mtime]: one line per entry under DIR, sorted:

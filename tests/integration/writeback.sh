@@ -9,7 +9,6 @@ set -euo pipefail
 t_setup
 T_HOME=$T/home
 mkdir -p "$T_HOME"
-: "${WANRELAY:=$(dirname "$OFFLOAD_BIN")/wanrelay}"
 : "${POSIXSUITE:=$(dirname "$OFFLOAD_BIN")/posixsuite}"
 : "${FSX:=$(dirname "$OFFLOAD_BIN")/fsx}"
 
@@ -79,20 +78,14 @@ fusermount3 -u "$MNT"
 
 # --- journaled operations survive mountd's death -------------------------------------------------
 rport=$((20000 + RANDOM % 20000))
-relay() {
-	"$WANRELAY" --listen "127.0.0.1:$rport" --connect "127.0.0.1:$port" --delay-ms 0 --quiet &
-	relay_pid=$!
-	t_track $relay_pid
-	for _ in $(seq 50); do nc -z 127.0.0.1 "$rport" 2>/dev/null && return 0; sleep 0.1; done
-	fail "relay did not start"
-}
+relay() { relay_start "$rport" "127.0.0.1:$port" 0; }
 relay
 sed "s/^ *Port .*/  Port $rport/; s#UserKnownHostsFile .*#UserKnownHostsFile $T/known_hosts#" \
 	"$EP/ssh_config" >"$T/ssh_config"
 sed "s/\]:$port /]:$rport /" "$EP/known_hosts" >"$T/known_hosts"
 mount_ep "$T/ssh_config" "$T/cache2"
-kill -9 $relay_pid
-wait $relay_pid 2>/dev/null || true
+kill -9 $RELAY_PID
+wait $RELAY_PID 2>/dev/null || true
 printf 'written while the link was down\n' >"$MNT/offline.txt"
 mkdir "$MNT/offline-dir"
 [[ ! -e $SRC/offline.txt ]] || fail "offline.txt reached the laptop without a link"

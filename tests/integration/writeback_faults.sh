@@ -9,7 +9,6 @@ set -euo pipefail
 t_setup
 T_HOME=$T/home
 mkdir -p "$T_HOME" "$T/small" "$T/laptop" "$T/mnt" "$T/mnt2"
-: "${WANRELAY:=$(dirname "$OFFLOAD_BIN")/wanrelay}"
 
 mount -t tmpfs -o size=2m offload-test-small "$T/small"
 small_down() {
@@ -56,13 +55,7 @@ fusermount3 -u "$T/mnt"
 # --- the link cut during a burst of writes ------------------------------------------------------------
 port=$(sed -n 's/^ *Port //p' "$T/ep/ssh_config")
 rport=$((20000 + RANDOM % 20000))
-relay() {
-	"$WANRELAY" --listen "127.0.0.1:$rport" --connect "127.0.0.1:$port" --delay-ms 5 --quiet &
-	relay_pid=$!
-	t_track $relay_pid
-	for _ in $(seq 50); do nc -z 127.0.0.1 "$rport" 2>/dev/null && return 0; sleep 0.1; done
-	fail "relay did not start"
-}
+relay() { relay_start "$rport" "127.0.0.1:$port" 5; }
 relay
 sed "s/^ *Port .*/  Port $rport/; s#UserKnownHostsFile .*#UserKnownHostsFile $T/known_hosts#" \
 	"$T/ep/ssh_config" >"$T/ssh_config"
@@ -78,8 +71,8 @@ mkdir "$T/mnt2/burst"
 ) &
 writer=$!
 sleep 0.3
-kill -9 "$relay_pid"
-wait "$relay_pid" 2>/dev/null || true
+kill -9 "$RELAY_PID"
+wait "$RELAY_PID" 2>/dev/null || true
 sleep 2
 relay
 wait "$writer" || fail "a write through the mount failed while the link was cut"
