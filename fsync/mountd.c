@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -276,6 +277,17 @@ static int meta_put(struct mountd *m, struct idx_file *f)
 {
     struct idx_file old;
     bool had = idx_lookup(m->idx, f->parent, f->name, &old) == 0;
+    /* SFTP v3 times are whole seconds: a row that knows the nanoseconds (written here) keeps
+     * them, and with them its version and cached bytes, when the second and size agree */
+    bool same = had && (old.mode & S_IFMT) == (f->mode & S_IFMT) && old.size == f->size;
+    if (same && f->mtime_ns % 1000000000 == 0 &&
+        old.mtime_ns / 1000000000 == f->mtime_ns / 1000000000)
+        f->mtime_ns = old.mtime_ns;
+    /* a file written back from here: the server's mtime is when our bytes landed, which may be
+     * a second or two after ours; within that, the content is still ours and so is the version */
+    int64_t wb = same && S_ISREG(old.mode) ? md_written_back_at(m, old.id) : 0;
+    if (wb && llabs(f->mtime_ns - wb) <= 2000000000LL && f->mtime_ns != old.mtime_ns)
+        return idx_put_keep_version(m->idx, f);
     int r = idx_put(m->idx, f);
 
     if (r == 1) {
@@ -331,7 +343,7 @@ static int fetch_entry(struct mountd *m, int64_t parent, const char *name, struc
     r = tun_sftp_lstat(m->sftp, path, &a);
     if (r == -ENOENT) {
         if (idx_lookup(m->idx, parent, name, &f) == 0)
-            idx_delete(m->idx, f.id, md_gone_cb, m);
+            idx_delete(m->idx, f.row, md_gone_cb, m);
         return -ENOENT;
     }
     if (r != 0)
@@ -550,6 +562,39 @@ static void *prefetch_main(void *arg)
     return NULL;
 }
 
+struct id_list {
+    int64_t *v;
+    size_t n, cap;
+};
+
+static void id_add(void *arg, int64_t id)
+{
+    struct id_list *l = arg;
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 64;
+        int64_t *v = realloc(l->v, cap * sizeof(*v));
+        if (!v)
+            return; /* at worst a row written back lately is fetched again */
+        l->v = v;
+        l->cap = cap;
+    }
+    l->v[l->n++] = id;
+}
+
+/* Children of 'dir' written back since 'since' may be missing from a listing taken while their
+ * write-back was on the way: mark them seen at 'stamp' so the prune keeps them. (Children still
+ * journaled are kept by the index itself.) */
+static void keep_written_back(struct mountd *m, int64_t dir, int64_t since, int64_t stamp)
+{
+    struct id_list l = {0};
+    struct idx_file f;
+    md_written_back_since(m, since, id_add, &l);
+    for (size_t i = 0; i < l.n; i++)
+        if (idx_get(m->idx, l.v[i], &f) == 0 && f.parent == dir && f.attr_time_ns < stamp)
+            idx_touch_attr(m->idx, f.id, stamp);
+    free(l.v);
+}
+
 static int refresh_dir_once(struct mountd *m, int64_t dir, int depth)
 {
     char path[PATH_MAX];
@@ -576,8 +621,10 @@ static int refresh_dir_once(struct mountd *m, int64_t dir, int depth)
         idx_begin(m->idx);
         for (size_t i = 0; i < c.n && r == 0; i++)
             r = meta_put(m, &c.v[i]);
-        if (r == 0)
+        if (r == 0) {
+            keep_written_back(m, dir, c.start - ECHO_WINDOW_NS, c.start);
             r = idx_prune_children(m->idx, dir, c.start, md_gone_cb, m);
+        }
         if (r == 0)
             r = idx_set_listed(m->idx, dir, c.start);
         /* never a rollback: the batch belongs to the index connection, and other threads'
@@ -880,7 +927,7 @@ static bool dir_add(struct dir_fill *d, const char *name, const struct idx_file 
 static int dir_each(void *arg, const struct idx_file *f)
 {
     struct dir_fill *d = arg;
-    return dir_add(d, f->name, f, (off_t)f->id + 2) ? 0 : 1;
+    return dir_add(d, f->name, f, (off_t)f->row + 2) ? 0 : 1;
 }
 
 static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus)
@@ -1417,8 +1464,8 @@ static void fetch_ident_done(void *arg, int err, const struct tun_sftp_ident *id
         b->err = err;
     if (err == 0 && b->err == 0 &&
         (id->size != b->expect_size ||
-         id->mtime_ns / 1000000000 != b->expect_mtime_ns / 1000000000 ||
-         id->ino != b->expect_ino || id->dev != b->expect_dev))
+         id->mtime_ns / 1000000000 != b->expect_mtime_ns / 1000000000 || id->ino != b->expect_ino ||
+         id->dev != b->expect_dev))
         b->err = CHANGED;
     if (__atomic_sub_fetch(&b->pending, 1, __ATOMIC_ACQ_REL) == 0)
         batch_done(b);
@@ -1791,7 +1838,8 @@ static void prefetch_file(struct mountd *m, int64_t id)
         return;
     if ((of = of_get(m, &f, &r)) == NULL)
         return;
-    if (r == 0 && of_fetch(m, of, 0, (size_t)f.size, false, &fd, &end, NULL, &missed) == 0 && missed)
+    if (r == 0 && of_fetch(m, of, 0, (size_t)f.size, false, &fd, &end, NULL, &missed) == 0 &&
+        missed)
         FS_STAT_ADD(&m->st, prefetched_files, 1);
     of_put(m, of);
 }
@@ -1950,8 +1998,20 @@ void md_note_written_back(struct mountd *m, int64_t file)
     pthread_mutex_unlock(&m->recent_lock);
 }
 
-void md_written_back_since(struct mountd *m, int64_t since, void (*cb)(void *, int64_t),
-                           void *arg)
+int64_t md_written_back_at(struct mountd *m, int64_t file)
+{
+    size_t n = sizeof(m->wback) / sizeof(m->wback[0]);
+    int64_t t = 0;
+    pthread_mutex_lock(&m->recent_lock);
+    size_t first = m->n_wback > n ? m->n_wback - n : 0;
+    for (size_t i = m->n_wback; i > first && t == 0; i--)
+        if (m->wback[(i - 1) % n].file == file)
+            t = m->wback[(i - 1) % n].t;
+    pthread_mutex_unlock(&m->recent_lock);
+    return t;
+}
+
+void md_written_back_since(struct mountd *m, int64_t since, void (*cb)(void *, int64_t), void *arg)
 {
     size_t n = sizeof(m->wback) / sizeof(m->wback[0]);
     pthread_mutex_lock(&m->recent_lock);
@@ -2007,7 +2067,7 @@ static int journal(struct mountd *m, enum idx_jkind kind, int64_t file, const ch
     int r = idx_journal_add(m->idx, e);
     free(e);
     md_note_local(m, path);
-    if (path2 && kind == IDX_J_RENAME)
+    if (path2 && (kind == IDX_J_RENAME || kind == IDX_J_LINK))
         md_note_local(m, path2);
     return r;
 }
@@ -2183,7 +2243,7 @@ static void remove_entry(fuse_req_t req, fuse_ino_t parent, const char *name, bo
         return;
     }
     idx_begin(m->idx);
-    r = idx_delete(m->idx, f.id, md_gone_cb, m);
+    r = idx_delete(m->idx, f.row, md_gone_cb, m);
     if (r == 0)
         r = journal(m, dir ? IDX_J_RMDIR : IDX_J_UNLINK, f.id, path, NULL, 0, 0, 0, NULL, 0, 0);
     if (r == 0)
@@ -2256,7 +2316,7 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
     }
     int64_t now = md_wall_ns();
     idx_begin(m->idx);
-    r = idx_rename(m->idx, src.id, (int64_t)newparent, newname, md_gone_cb, m);
+    r = idx_rename(m->idx, src.row, (int64_t)newparent, newname, md_gone_cb, m);
     if (r == 0)
         r = journal(m, IDX_J_RENAME, src.id, from, to, 0, flags & RENAME_NOREPLACE, 0, NULL, 0, 0);
     if (r == 0) {
@@ -2506,9 +2566,9 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
             return;
         }
         /* removed while open: the change stays in the cache file nobody else sees */
-        r = (to_set & FUSE_SET_ATTR_SIZE) ? local_content(m, (int64_t)ino, NULL,
-                                                           (size_t)attr->st_size, 0)
-                                          : 0;
+        r = (to_set & FUSE_SET_ATTR_SIZE)
+                ? local_content(m, (int64_t)ino, NULL, (size_t)attr->st_size, 0)
+                : 0;
         pthread_mutex_lock(&of->lock);
         if (to_set & FUSE_SET_ATTR_MODE)
             of->want.mode = (of->want.mode & S_IFMT) | (attr->st_mode & 07777 & ~SETID_BITS);
@@ -2617,9 +2677,54 @@ static void op_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, struct fus
 
 static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname)
 {
-    (void)ino, (void)newparent, (void)newname;
-    /* the index keeps one name per row: hard links made through the mount are refused for now */
-    fuse_reply_err(req, EPERM);
+    struct mountd *m = M(req);
+    struct fuse_entry_param e;
+    struct idx_file f;
+    char from[PATH_MAX], to[PATH_MAX];
+    int r;
+
+    if (from_reflector(m, req)) {
+        if (idx_get(m->idx, (int64_t)ino, &f) != 0) {
+            fuse_reply_err(req, ENOENT);
+            return;
+        }
+        fill_entry(m, &f, &e);
+        fuse_reply_entry(req, &e);
+        return;
+    }
+    if (!m->writable) {
+        fuse_reply_err(req, EROFS);
+        return;
+    }
+    /* the laptop makes the same link (hardlink@openssh.com): a server without it cannot */
+    if (!tun_sftp_has_ext(m->sftp, "hardlink@openssh.com")) {
+        fuse_reply_err(req, EPERM);
+        return;
+    }
+    if (strlen(newname) > IDX_NAME_MAX) {
+        fuse_reply_err(req, ENAMETOOLONG);
+        return;
+    }
+    if ((r = md_node_path(m, (int64_t)ino, from, sizeof(from))) != 0 ||
+        (r = child_path(m, (int64_t)newparent, newname, to, sizeof(to))) != 0) {
+        reply_err(req, r);
+        return;
+    }
+    int64_t now = md_wall_ns();
+    idx_begin(m->idx);
+    r = idx_link(m->idx, (int64_t)ino, (int64_t)newparent, newname, now, &f);
+    if (r == 0)
+        r = journal(m, IDX_J_LINK, f.id, from, to, 0, 0, 0, NULL, 0, 0);
+    if (r == 0)
+        touch_dir(m, (int64_t)newparent, now, 0);
+    if ((r = end_batch(m, r)) != 0) {
+        reply_err(req, r);
+        return;
+    }
+    FS_STAT_ADD(&m->st, local_changes, 1);
+    md_queue_inval(m, (fuse_ino_t)f.id); /* the link count and ctime, for cached attributes */
+    fill_entry(m, &f, &e);
+    fuse_reply_entry(req, &e);
 }
 
 static void op_init(void *userdata, struct fuse_conn_info *conn)
@@ -2673,9 +2778,21 @@ static const struct fuse_lowlevel_ops ops = {
 /* ---- options, paths, startup ---- */
 
 static const char *const known_opts[] = {
-    "ro",     "allow_other", "allow_root", "default_permissions", "nosuid",    "nodev",
-    "noexec", "noatime",     "relatime",   "auto_unmount",        "reconnect", "flush_on_close",
-    "follow_replace", "nowrite", NULL,
+    "ro",
+    "allow_other",
+    "allow_root",
+    "default_permissions",
+    "nosuid",
+    "nodev",
+    "noexec",
+    "noatime",
+    "relatime",
+    "auto_unmount",
+    "reconnect",
+    "flush_on_close",
+    "follow_replace",
+    "nowrite",
+    NULL,
 };
 
 int fs_mount_check_opt(const char *opt)
@@ -2885,7 +3002,12 @@ int fs_mount_run(const struct fs_mount_opts *o, int ready_fd)
         goto out;
     }
 
-    if ((r = tun_sftp_start(&o->sftp, &m->sftp, err, sizeof(err))) != 0) {
+    /* our name to `offload serve` (client-id@offload): its feed tells our own changes apart */
+    if (getrandom(&m->o.sftp.client_id, sizeof(m->o.sftp.client_id), 0) !=
+            sizeof(m->o.sftp.client_id) ||
+        m->o.sftp.client_id == 0)
+        m->o.sftp.client_id = ((uint64_t)getpid() << 32 | (uint64_t)time(NULL)) | 1;
+    if ((r = tun_sftp_start(&m->o.sftp, &m->sftp, err, sizeof(err))) != 0) {
         fprintf(stderr, "offload: %s\n", err);
         goto out;
     }
@@ -2957,8 +3079,7 @@ int fs_mount_run(const struct fs_mount_opts *o, int ready_fd)
         size_t len = e ? (size_t)(e - p) : strlen(p);
         if (!(len == 14 && strncmp(p, "flush_on_close", 14) == 0) &&
             !(len == 14 && strncmp(p, "follow_replace", 14) == 0) &&
-            !(len == 7 && strncmp(p, "nowrite", 7) == 0) &&
-            strlen(fopts) + len + 2 < sizeof(fopts))
+            !(len == 7 && strncmp(p, "nowrite", 7) == 0) && strlen(fopts) + len + 2 < sizeof(fopts))
             snprintf(fopts + strlen(fopts), sizeof(fopts) - strlen(fopts), ",%.*s", (int)len, p);
         p = e ? e + 1 : NULL;
     }

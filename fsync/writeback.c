@@ -241,6 +241,11 @@ static int send_row(struct wb *wb, const struct idx_jentry *e, struct wb_row *ro
         op.to = e->path2;
         op.flags = e->flags;
         break;
+    case IDX_J_LINK:
+        op.type = TUN_SFTP_OP_HARDLINK;
+        op.path = e->path;
+        op.to = e->path2;
+        break;
     case IDX_J_SYMLINK:
         op.type = TUN_SFTP_OP_SYMLINK;
         op.path = e->path;
@@ -338,7 +343,7 @@ static void settle(struct wb *wb)
         md_note_local(m, row->path); /* its echo from the source comes after this */
         if (!row->err && row->kind != IDX_J_UNLINK && row->kind != IDX_J_RMDIR)
             md_note_written_back(m, row->file);
-        if (row->kind == IDX_J_RENAME)
+        if (row->kind == IDX_J_RENAME || row->kind == IDX_J_LINK)
             md_note_local(m, row->path2);
         if (row->kind == IDX_J_WRITE && row->count && !row->err)
             idx_blocks_clean(m->idx, row->file, row->version, row->first, row->count, row->seq);

@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include <sqlite3.h>
 
@@ -87,19 +88,23 @@ static const char *const migrations[] = {
     " off INTEGER NOT NULL,"
     " len INTEGER NOT NULL);"
     "CREATE INDEX journal_file ON journal (file);",
+
+    /* hard links: a further name of a file is a row of its own whose alias is the file's id */
+    "ALTER TABLE files ADD COLUMN alias INTEGER NOT NULL DEFAULT 0;"
+    "CREATE INDEX files_alias ON files (alias) WHERE alias != 0;",
 };
 _Static_assert(ARRAY_SIZE(migrations) == IDX_SCHEMA_VERSION, "one migration per schema version");
 
 #define FILE_COLS                                                                                  \
     "id, parent, name, dev, ino, mode, uid, gid, nlink, size, atime_ns, mtime_ns, ctime_ns, "      \
-    "version, attr_time_ns, list_time_ns"
+    "version, attr_time_ns, list_time_ns, alias"
 #define BLOCK_COLS "file, blkno, version, len, hash, cached, dirty"
 #define JOURNAL_COLS                                                                               \
     "seq, kind, file, path, path2, mode, flags, valid, size, atime_ns, mtime_ns, off, len"
 #define JOURNAL_LAST_SEQ "(SELECT seq FROM sqlite_sequence WHERE name = 'journal')"
 #define SUBTREE(seed)                                                                              \
     "WITH RECURSIVE sub (id) AS (" seed " UNION SELECT f.id FROM files f JOIN sub ON f.parent = "  \
-    "sub.id) SELECT files.id, files.version FROM files JOIN sub ON files.id = sub.id"
+    "sub.id) SELECT files.id, files.version, files.alias FROM files JOIN sub ON files.id = sub.id"
 
 enum stmt {
     S_BEGIN,
@@ -119,6 +124,11 @@ enum stmt {
     S_FILE_DELETE,
     S_FILE_MOVE,
     S_FILE_TOUCH,
+    S_ALIAS_INSERT,
+    S_ALIASES,
+    S_ALIAS_COUNT,
+    S_NLINK_ADD,
+    S_CHECK_ALIASES,
     S_FILE_LISTED,
     S_LINK_SET,
     S_LINK_GET,
@@ -193,6 +203,20 @@ static const struct {
     [S_FILE_DELETE] = {"delete file row", "DELETE FROM files WHERE id = ?1"},
     [S_FILE_MOVE] = {"move file row", "UPDATE files SET parent = ?2, name = ?3 WHERE id = ?1"},
     [S_FILE_TOUCH] = {"touch file row", "UPDATE files SET attr_time_ns = ?2 WHERE id = ?1"},
+    [S_ALIAS_INSERT] = {"insert hard link row",
+                        "INSERT INTO files (parent, name, mode, version, attr_time_ns, alias, id) "
+                        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?4)"},
+    [S_ALIASES] = {"list hard link rows of file",
+                   "SELECT id, parent, name FROM files WHERE alias = ?1 AND alias != 0 "
+                   "ORDER BY id"},
+    [S_ALIAS_COUNT] = {"count hard link rows of file",
+                       "SELECT COUNT(*) FROM files WHERE alias = ?1 AND alias != 0"},
+    [S_NLINK_ADD] = {"change link count",
+                     "UPDATE files SET nlink = MAX(1, nlink + ?2), ctime_ns = ?3 WHERE id = ?1"},
+    [S_CHECK_ALIASES] = {"check hard link rows",
+                         "SELECT COUNT(*) FROM files a WHERE a.alias != 0 AND NOT EXISTS "
+                         "(SELECT 1 FROM files t WHERE t.id = a.alias AND t.alias = 0 "
+                         "AND (t.mode & 61440) != 16384)"},
     [S_FILE_LISTED] = {"mark directory listed", "UPDATE files SET list_time_ns = ?2 WHERE id = ?1"},
     [S_LINK_SET] = {"write link target", "UPDATE files SET link_target = ?2 WHERE id = ?1"},
     [S_LINK_GET] = {"read link target", "SELECT link_target FROM files WHERE id = ?1"},
@@ -200,7 +224,9 @@ static const struct {
                                      "WHERE parent = ?1 AND id > ?2 ORDER BY id LIMIT ?3"},
     [S_SUBTREE] = {"collect subtree", SUBTREE("SELECT id FROM files WHERE id = ?1")},
     [S_STALE_CHILDREN] = {"collect stale children",
-                          SUBTREE("SELECT id FROM files WHERE parent = ?1 AND attr_time_ns < ?2")},
+                          SUBTREE("SELECT id FROM files WHERE parent = ?1 AND attr_time_ns < ?2 "
+                                  "AND (CASE alias WHEN 0 THEN id ELSE alias END) "
+                                  "NOT IN (SELECT file FROM journal)")},
     [S_DESCENDANTS] = {"collect descendants", SUBTREE("SELECT id FROM files WHERE parent = ?1")},
     [S_SUBTREE_DIRTY] = {"look for dirty blocks in subtree",
                          "WITH RECURSIVE sub (id) AS (SELECT ?1 UNION SELECT f.id FROM files f "
@@ -380,6 +406,10 @@ static int read_file_row(sqlite3_stmt *st, enum stmt s, struct idx_file *f)
     f->version = (uint64_t)sqlite3_column_int64(st, 13);
     f->attr_time_ns = sqlite3_column_int64(st, 14);
     f->list_time_ns = sqlite3_column_int64(st, 15);
+    f->row = f->id;
+    int64_t alias = sqlite3_column_int64(st, 16);
+    if (alias != 0)
+        f->id = alias; /* a hard link row: resolve_alias() fills in the file it names */
     return 0;
 }
 
@@ -614,7 +644,8 @@ static bool mode_type_valid(uint32_t mode)
     }
 }
 
-static int get_locked(idx_t *idx, int64_t id, struct idx_file *out)
+/* The row 'id' as stored (a hard link row not resolved). */
+static int get_row_locked(idx_t *idx, int64_t id, struct idx_file *out)
 {
     int r;
 
@@ -625,6 +656,35 @@ static int get_locked(idx_t *idx, int64_t id, struct idx_file *out)
         r = -ENOENT;
     done(idx, S_FILE_GET);
     return r;
+}
+
+static int resolve_alias(idx_t *idx, struct idx_file *f);
+
+static int get_locked(idx_t *idx, int64_t id, struct idx_file *out)
+{
+    int r = get_row_locked(idx, id, out);
+    return r == 0 ? resolve_alias(idx, out) : r;
+}
+
+/* A row read by read_file_row that is a hard link (row != id): take the attributes of the file
+ * it names, keeping the link's own row, parent and name. */
+static int resolve_alias(idx_t *idx, struct idx_file *f)
+{
+    struct idx_file t;
+    int r;
+
+    if (f->row == f->id)
+        return 0;
+    r = get_row_locked(idx, f->id, &t);
+    if (r == -ENOENT || (r == 0 && t.row != t.id))
+        return db_corrupt("resolve hard link", f->row); /* S_CHECK_ALIASES reports these */
+    if (r < 0)
+        return r;
+    t.row = f->row;
+    t.parent = f->parent;
+    memcpy(t.name, f->name, sizeof(t.name));
+    *f = t;
+    return 0;
 }
 
 static int lookup_locked(idx_t *idx, int64_t parent, const char *name, struct idx_file *out)
@@ -638,6 +698,8 @@ static int lookup_locked(idx_t *idx, int64_t parent, const char *name, struct id
     else if (r == 0)
         r = -ENOENT;
     done(idx, S_FILE_LOOKUP);
+    if (r == 0)
+        r = resolve_alias(idx, out);
     return r;
 }
 
@@ -718,6 +780,7 @@ static int drop_blocks_locked(idx_t *idx, int64_t file)
 struct row_ref {
     int64_t id;
     uint64_t version;
+    int64_t alias; /* a hard link row: the file it names */
 };
 
 /* Run a bound statement yielding (id, version) rows and collect them. */
@@ -738,6 +801,7 @@ static int collect_rows(idx_t *idx, enum stmt s, struct row_ref **rows, size_t *
         }
         v[len].id = sqlite3_column_int64(idx->st[s], 0);
         v[len].version = (uint64_t)sqlite3_column_int64(idx->st[s], 1);
+        v[len].alias = sqlite3_column_int64(idx->st[s], 2);
         len++;
     }
     done(idx, s);
@@ -750,7 +814,65 @@ static int collect_rows(idx_t *idx, enum stmt s, struct row_ref **rows, size_t *
     return 0;
 }
 
-/* Delete the collected rows and their blocks; queue gone() for each unless it is NULL. */
+static int nlink_add(idx_t *idx, int64_t file, int delta)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    sqlite3_bind_int64(idx->st[S_NLINK_ADD], 1, file);
+    sqlite3_bind_int(idx->st[S_NLINK_ADD], 2, delta);
+    sqlite3_bind_int64(idx->st[S_NLINK_ADD], 3, (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec);
+    return exec(idx, S_NLINK_ADD);
+}
+
+static bool in_rows(const struct row_ref *rows, size_t n, int64_t id)
+{
+    for (size_t i = 0; i < n; i++)
+        if (rows[i].id == id)
+            return true;
+    return false;
+}
+
+/* The file row 'id' loses its name: when a hard link row of it survives this deletion (not in
+ * rows), the file takes that link's place and the link row goes. 1 if it did, 0 if the file has
+ * no surviving link. */
+static int promote_alias(idx_t *idx, int64_t id, const struct row_ref *rows, size_t n)
+{
+    sqlite3_stmt *st = idx->st[S_ALIASES];
+    int64_t link = 0, parent = 0;
+    char name[IDX_NAME_MAX + 1];
+    int r;
+
+    sqlite3_bind_int64(st, 1, id);
+    while ((r = step(idx, S_ALIASES)) == 1) {
+        int64_t a = sqlite3_column_int64(st, 0);
+        const unsigned char *text = sqlite3_column_text(st, 2);
+        int len = sqlite3_column_bytes(st, 2);
+        if (in_rows(rows, n, a) || text == NULL || len > IDX_NAME_MAX)
+            continue;
+        link = a;
+        parent = sqlite3_column_int64(st, 1);
+        memcpy(name, text, (size_t)len);
+        name[len] = '\0';
+        break;
+    }
+    done(idx, S_ALIASES);
+    if (r < 0 || link == 0)
+        return r < 0 ? r : 0;
+    sqlite3_bind_int64(idx->st[S_FILE_DELETE], 1, link);
+    if ((r = exec(idx, S_FILE_DELETE)) < 0)
+        return r;
+    sqlite3_bind_int64(idx->st[S_FILE_MOVE], 1, id);
+    sqlite3_bind_int64(idx->st[S_FILE_MOVE], 2, parent);
+    sqlite3_bind_text(idx->st[S_FILE_MOVE], 3, name, -1, SQLITE_STATIC);
+    if ((r = exec(idx, S_FILE_MOVE)) < 0 || (r = nlink_add(idx, id, -1)) < 0)
+        return r;
+    return 1;
+}
+
+/* Delete the collected rows (names) and their blocks; queue gone() for each file that is gone
+ * unless gone is NULL. A hard link row only takes one off its file's link count; a file whose
+ * own row goes while one of its hard links stays moves to that link's name and stays. */
 static int delete_rows(idx_t *idx, enum stmt s, void (*gone)(void *, int64_t, uint64_t), void *arg)
 {
     struct row_ref *rows = NULL;
@@ -760,6 +882,16 @@ static int delete_rows(idx_t *idx, enum stmt s, void (*gone)(void *, int64_t, ui
     if ((r = collect_rows(idx, s, &rows, &n)) < 0)
         return r;
     for (i = 0; i < n; i++) {
+        if (rows[i].alias != 0) {
+            sqlite3_bind_int64(idx->st[S_FILE_DELETE], 1, rows[i].id);
+            if ((r = exec(idx, S_FILE_DELETE)) < 0 || (r = nlink_add(idx, rows[i].alias, -1)) < 0)
+                break;
+            continue;
+        }
+        if ((r = promote_alias(idx, rows[i].id, rows, n)) < 0)
+            break;
+        if (r == 1)
+            continue;
         if ((r = drop_blocks_locked(idx, rows[i].id)) < 0)
             break;
         sqlite3_bind_int64(idx->st[S_FILE_DELETE], 1, rows[i].id);
@@ -1144,8 +1276,19 @@ static int put_existing(idx_t *idx, struct idx_file *row, const struct idx_file 
     int r;
 
     row->id = old->id;
+    row->row = old->id;
     if (row->list_time_ns == 0)
         row->list_time_ns = old->list_time_ns;
+    if (!S_ISDIR(row->mode)) {
+        /* hard link rows count: a source that does not know of them (SFTP v3 has no nlink)
+         * cannot take the count below them */
+        int64_t links;
+        sqlite3_bind_int64(idx->st[S_ALIAS_COUNT], 1, old->id);
+        if ((r = query_i64(idx, S_ALIAS_COUNT, &links)) < 0)
+            return r;
+        if (links > 0 && row->nlink < (uint64_t)links + 1)
+            row->nlink = (uint32_t)links + 1;
+    }
     if (keep && (row->mode & S_IFMT) != (old->mode & S_IFMT))
         return -EINVAL;
     changed = !keep && ((row->mode & S_IFMT) != (old->mode & S_IFMT) || row->size != old->size ||
@@ -1218,14 +1361,31 @@ static int put_row(idx_t *idx, struct idx_file *f, bool keep)
     pthread_mutex_lock(&idx->lock);
     if ((r = op_begin(idx)) < 0)
         goto out;
+    int64_t link_row = 0;
     r = lookup_locked(idx, row.parent, row.name, &old);
+    if (r == 0 && old.row != old.id) {
+        /* the name is a hard link: the file it names takes the metadata, unless the source now
+         * has something of another type there (the link is gone, a new row takes the name) */
+        if ((old.mode & S_IFMT) != (row.mode & S_IFMT)) {
+            sqlite3_bind_int64(idx->st[S_FILE_DELETE], 1, old.row);
+            if ((r = exec(idx, S_FILE_DELETE)) == 0 && (r = nlink_add(idx, old.id, -1)) == 0)
+                r = -ENOENT;
+        } else {
+            link_row = old.row;
+            sqlite3_bind_int64(idx->st[S_FILE_TOUCH], 1, old.row);
+            sqlite3_bind_int64(idx->st[S_FILE_TOUCH], 2, row.attr_time_ns);
+            r = exec(idx, S_FILE_TOUCH);
+        }
+    }
     if (r == 0)
         r = put_existing(idx, &row, &old, keep);
     else if (r == -ENOENT)
         r = put_new(idx, &row);
     if ((r = op_end(idx, r)) >= 0) {
         f->id = row.id;
+        f->row = link_row ? link_row : row.id;
         f->version = row.version;
+        f->nlink = row.nlink;
     }
 out:
     pthread_mutex_unlock(&idx->lock);
@@ -1349,8 +1509,12 @@ int idx_rename(idx_t *idx, int64_t id, int64_t parent, const char *name,
             goto out;
     }
     r = lookup_locked(idx, parent, name, &old);
-    if (r == 0 && old.id != id) {
-        sqlite3_bind_int64(idx->st[S_SUBTREE], 1, old.id);
+    if (r == 0 && old.row != id && old.id == row.id) {
+        r = 0; /* two names of one file: rename(2) does nothing */
+        goto out;
+    }
+    if (r == 0 && old.row != id) {
+        sqlite3_bind_int64(idx->st[S_SUBTREE], 1, old.row);
         if ((r = delete_rows(idx, S_SUBTREE, gone, arg)) < 0)
             goto out;
     } else if (r < 0 && r != -ENOENT) {
@@ -1405,6 +1569,8 @@ int idx_children(idx_t *idx, int64_t dir, int64_t after,
             if ((r = read_file_row(st, S_CHILDREN, &page[n])) < 0)
                 break;
         done(idx, S_CHILDREN);
+        for (i = 0; i < n && r >= 0; i++)
+            r = resolve_alias(idx, &page[i]);
         pthread_mutex_unlock(&idx->lock);
         if (r < 0)
             goto out;
@@ -1413,10 +1579,48 @@ int idx_children(idx_t *idx, int64_t dir, int64_t after,
                 goto out;
         if (n < PAGE_ROWS)
             break;
-        after = page[n - 1].id;
+        after = page[n - 1].row;
     }
 out:
     free(page);
+    return r;
+}
+
+int idx_link(idx_t *idx, int64_t id, int64_t parent, const char *name, int64_t now_ns,
+             struct idx_file *out)
+{
+    struct idx_file f, dir, old;
+    uint64_t version;
+    int r;
+
+    if ((r = check_name(parent, name, IDX_NAME_MAX + 1)) < 0)
+        return r;
+    pthread_mutex_lock(&idx->lock);
+    if ((r = op_begin(idx)) < 0)
+        goto out;
+    if ((r = get_locked(idx, id, &f)) == 0 && (S_ISDIR(f.mode) || f.id == IDX_ROOT_ID))
+        r = -EPERM; /* no hard links to folders */
+    if (r == 0 && (r = get_locked(idx, parent, &dir)) == 0 && !S_ISDIR(dir.mode))
+        r = -ENOTDIR;
+    if (r == 0) {
+        r = lookup_locked(idx, parent, name, &old);
+        r = r == 0 ? -EEXIST : r == -ENOENT ? fresh_version(idx, &version) : r;
+    }
+    if (r == 0) {
+        sqlite3_stmt *st = idx->st[S_ALIAS_INSERT];
+        sqlite3_bind_int64(st, 1, parent);
+        sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 3, f.mode);
+        sqlite3_bind_int64(st, 4, (int64_t)version);
+        sqlite3_bind_int64(st, 5, now_ns);
+        sqlite3_bind_int64(st, 6, f.id);
+        r = exec(idx, S_ALIAS_INSERT);
+    }
+    if (r == 0 && (r = nlink_add(idx, f.id, 1)) == 0 && out != NULL)
+        r = get_locked(idx, f.id, out);
+    r = op_end(idx, r);
+out:
+    pthread_mutex_unlock(&idx->lock);
     return r;
 }
 
@@ -2090,6 +2294,10 @@ int idx_check(idx_t *idx)
     }
     if (query_i64(idx, S_CHECK_ORPHANS, &bad) < 0 || bad != 0) {
         fprintf(stderr, "index: check: %" PRId64 " file rows without a parent\n", bad);
+        r = -EIO;
+    }
+    if (query_i64(idx, S_CHECK_ALIASES, &bad) < 0 || bad != 0) {
+        fprintf(stderr, "index: check: %" PRId64 " hard link rows without their file\n", bad);
         r = -EIO;
     }
     if (query_i64(idx, S_CHECK_JOURNAL, &bad) < 0 || bad != 0) {

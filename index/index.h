@@ -27,7 +27,7 @@
 #define IDX_ROOT_ID        1   /* the row id of the tree's root directory, also FUSE_ROOT_ID */
 #define IDX_NAME_MAX       255 /* longest file name component, in bytes */
 #define IDX_HASH_LEN       16  /* XXH3-128 */
-#define IDX_SCHEMA_VERSION 2
+#define IDX_SCHEMA_VERSION 3
 #define IDX_PATH_MAX       4096 /* journal paths, the NUL included */
 
 typedef struct idx idx_t;
@@ -45,6 +45,8 @@ struct idx_file {
     uint64_t version;     /* changes whenever the content identity changes (see idx_put) */
     int64_t attr_time_ns; /* when the metadata was last confirmed from the source (TTL) */
     int64_t list_time_ns; /* directories: when the children were last listed; 0 = never */
+    int64_t row;          /* the row of this name: == id, or for a further hard link of the
+                             file, the link's own row (pass it to idx_delete and idx_rename) */
 };
 
 struct idx_block {
@@ -88,6 +90,11 @@ int idx_rollback(idx_t *idx);
 int idx_meta_get(idx_t *idx, const char *key, char *val, size_t len);
 int idx_meta_set(idx_t *idx, const char *key, const char *val);
 
+/* Names and files. A file has one row, its own name (row == id); each further hard link is a
+ * row of its own naming the file (idx_link). idx_get, idx_lookup, idx_resolve and idx_children
+ * give a hard link's name (parent, name, row) with the attributes, id and version of the file it
+ * names. Operations on names (idx_delete, idx_rename) take the row. */
+
 /* Rows. -ENOENT if there is none; idx_lookup(0, "") is the root. */
 int idx_get(idx_t *idx, int64_t id, struct idx_file *out);
 int idx_lookup(idx_t *idx, int64_t parent, const char *name, struct idx_file *out);
@@ -124,22 +131,26 @@ int idx_put_keep_version(idx_t *idx, struct idx_file *f);
 int idx_touch_attr(idx_t *idx, int64_t id, int64_t attr_time_ns);
 int idx_set_listed(idx_t *idx, int64_t dir, int64_t list_time_ns);
 
-/* Delete a row, its blocks, and recursively its children and their blocks. For every deleted
- * file row, gone(arg, id, version) is called (may be NULL) so the caller can drop cache files.
- * gone() runs after the deletion is committed and without the index lock: before idx_delete
- * returns when no batch is open, else at the outermost idx_commit() (never, if the batch is rolled
- * back), so 'arg' must stay valid until then. The root cannot be deleted (-EINVAL). */
+/* Delete a row, its blocks, and recursively its children and their blocks. A hard link row only
+ * takes one off the link count of its file; a file whose own row is deleted while a hard link
+ * of it is not moves to that link's name (keeping id, version and blocks) and the link row goes.
+ * For every deleted file, gone(arg, id, version) is called (may be NULL) so the caller can drop
+ * cache files. gone() runs after the deletion is committed and without the index lock: before
+ * idx_delete returns when no batch is open, else at the outermost idx_commit() (never, if the batch
+ * is rolled back), so 'arg' must stay valid until then. The root cannot be deleted (-EINVAL). */
 int idx_delete(idx_t *idx, int64_t id, void (*gone)(void *arg, int64_t id, uint64_t version),
                void *arg);
 
 /* Move the row 'id' (with everything below it, keeping ids, versions and blocks) to the name
  * 'name' in the directory 'parent'. A row already there is deleted first, with its subtree, calling
- * gone() as idx_delete does. -EINVAL for the root or a move beneath itself, -ENOTDIR when 'parent'
- * is not a directory, -ENOENT when either row is missing; names as for idx_put. */
+ * gone() as idx_delete does; when it is another name of the same file nothing changes (rename(2)).
+ * -EINVAL for the root or a move beneath itself, -ENOTDIR when 'parent' is not a directory, -ENOENT
+ * when either row is missing; names as for idx_put. */
 int idx_rename(idx_t *idx, int64_t id, int64_t parent, const char *name,
                void (*gone)(void *arg, int64_t id, uint64_t version), void *arg);
 /* Delete the children of 'dir' whose attr_time_ns is older than 'before_ns' (they were not seen
- * in a listing started at before_ns), recursively, calling gone() as idx_delete does. */
+ * in a listing started at before_ns), recursively, calling gone() as idx_delete does. A child
+ * with journal rows is kept: it is a local change the source has not seen yet. */
 int idx_prune_children(idx_t *idx, int64_t dir, int64_t before_ns,
                        void (*gone)(void *arg, int64_t id, uint64_t version), void *arg);
 
@@ -149,6 +160,12 @@ int idx_prune_children(idx_t *idx, int64_t dir, int64_t before_ns,
  * index; the iteration is not a snapshot of one instant. */
 int idx_children(idx_t *idx, int64_t dir, int64_t after,
                  int (*each)(void *arg, const struct idx_file *f), void *arg);
+
+/* Add the name 'name' in the directory 'parent' to the file 'id' (a hard link; not a folder:
+ * -EPERM). -EEXIST when the name is taken. The file's link count goes up by one; *out (may be
+ * NULL) gets the file's row as it is then. */
+int idx_link(idx_t *idx, int64_t id, int64_t parent, const char *name, int64_t now_ns,
+             struct idx_file *out);
 
 /* Symlink targets (stored with the row; deleted with it, and cleared when idx_put changes the
  * row's content identity). idx_set_link refuses a row that is not a symlink (-EINVAL) and a

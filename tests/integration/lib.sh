@@ -162,6 +162,14 @@ t_cleanup() {
 		tail -n 20 "$T/sshd.log" >&2
 		echo "---" >&2
 	fi
+	if ((rc != 0)); then
+		local lg
+		while read -r lg; do
+			[[ -s $lg ]] || continue
+			echo "--- last lines of $lg" >&2
+			tail -n 15 "$lg" >&2
+		done < <(find "$T" -name mountd.log 2>/dev/null)
+	fi
 	while read -r mp; do
 		[[ -n $mp ]] || continue
 		fusermount3 -u -z "$mp" 2>/dev/null || umount -l "$mp" 2>/dev/null ||

@@ -378,7 +378,7 @@ END_TEST
 
 START_TEST(test_schema_version_is_current)
 {
-    ck_assert_int_eq(IDX_SCHEMA_VERSION, 2);
+    ck_assert_int_eq(IDX_SCHEMA_VERSION, 3);
     ck_assert_int_eq(idx_schema_version(idx), IDX_SCHEMA_VERSION);
     reopen();
     ck_assert_int_eq(idx_schema_version(idx), IDX_SCHEMA_VERSION);
@@ -471,7 +471,7 @@ START_TEST(test_migrate_v1_database_in_place)
 
     make_v1_database(path, sizeof(path));
     ck_assert_int_eq(idx_open(path, &v1), 0);
-    ck_assert_int_eq(idx_schema_version(v1), 2);
+    ck_assert_int_eq(idx_schema_version(v1), IDX_SCHEMA_VERSION);
     ck_assert_int_eq(raw_query_at(path, "SELECT COUNT(*) FROM pragma_table_info('blocks') "
                                         "WHERE name = 'dirty' AND dflt_value = '0'"),
                      1);
@@ -500,7 +500,7 @@ START_TEST(test_migrate_v1_database_in_place)
     ck_assert_int_eq(idx_check(v1), 0);
     idx_close(v1);
     ck_assert_int_eq(idx_open(path, &v1), 0);
-    ck_assert_int_eq(idx_schema_version(v1), 2);
+    ck_assert_int_eq(idx_schema_version(v1), IDX_SCHEMA_VERSION);
     ck_assert_int_eq(idx_journal_last_seq(v1), 1);
     idx_close(v1);
 }
@@ -1294,6 +1294,172 @@ START_TEST(test_rename_refuses_beneath_itself_root_and_bad_names)
 }
 END_TEST
 
+/* ---- hard links ---- */
+
+struct names {
+    int n;
+    char name[8][IDX_NAME_MAX + 1];
+    int64_t id[8], row[8];
+};
+
+static int collect_names(void *arg, const struct idx_file *f)
+{
+    struct names *c = arg;
+    ck_assert_int_lt(c->n, 8);
+    snprintf(c->name[c->n], sizeof(c->name[0]), "%s", f->name);
+    c->id[c->n] = f->id;
+    c->row[c->n++] = f->row;
+    return 0;
+}
+
+START_TEST(test_link_names_one_file)
+{
+    struct idx_file got, out;
+    struct names c = {0};
+    int64_t d = put_dir(IDX_ROOT_ID, "d");
+    int64_t a = put_file(IDX_ROOT_ID, "a", 10);
+
+    put_block(a, 0, 10, true);
+    ck_assert_int_eq(idx_link(idx, a, d, "b", 500, &out), 0);
+    ck_assert_int_eq(out.id, a);
+    ck_assert_uint_eq(out.nlink, 2);
+    ck_assert_int_eq(idx_lookup(idx, d, "b", &got), 0);
+    ck_assert_int_eq(got.id, a);
+    ck_assert_int_ne(got.row, a);
+    ck_assert_str_eq(got.name, "b");
+    ck_assert_int_eq(got.parent, d);
+    ck_assert_uint_eq(got.size, 10);
+    ck_assert_uint_eq(got.nlink, 2);
+    ck_assert_int_eq(idx_resolve(idx, "d/b", &got), 0);
+    ck_assert_int_eq(got.id, a);
+    ck_assert_int_eq(idx_get(idx, a, &got), 0);
+    ck_assert_str_eq(got.name, "a");
+    ck_assert_int_eq(got.row, a);
+    ck_assert_int_eq(idx_children(idx, d, 0, collect_names, &c), 0);
+    ck_assert_int_eq(c.n, 1);
+    ck_assert_str_eq(c.name[0], "b");
+    ck_assert_int_eq(c.id[0], a);
+    /* taken names, folders and missing files are refused */
+    ck_assert_int_eq(idx_link(idx, a, d, "b", 500, NULL), -EEXIST);
+    ck_assert_int_eq(idx_link(idx, d, IDX_ROOT_ID, "d2", 500, NULL), -EPERM);
+    ck_assert_int_eq(idx_link(idx, 4242, IDX_ROOT_ID, "x", 500, NULL), -ENOENT);
+    ck_assert_int_eq(idx_link(idx, a, a, "x", 500, NULL), -ENOTDIR);
+    ck_assert_int_eq(idx_check(idx), 0);
+    reopen();
+    ck_assert_int_eq(idx_lookup(idx, d, "b", &got), 0);
+    ck_assert_int_eq(got.id, a);
+    ck_assert_uint_eq(idx_cached_bytes(idx), 10);
+}
+END_TEST
+
+/* Deleting one name keeps the file under the other; deleting the file's own name moves it to
+ * the link's (same id, blocks kept); gone() only for the last name. */
+START_TEST(test_link_delete_names)
+{
+    struct seen s = {0};
+    struct idx_file got, b, c;
+    int64_t d = put_dir(IDX_ROOT_ID, "d");
+    int64_t a = put_file(IDX_ROOT_ID, "a", 10);
+
+    put_block(a, 0, 10, true);
+    ck_assert_int_eq(idx_link(idx, a, d, "b", 1, NULL), 0);
+    ck_assert_int_eq(idx_link(idx, a, IDX_ROOT_ID, "c", 1, NULL), 0);
+    ck_assert_int_eq(idx_lookup(idx, IDX_ROOT_ID, "c", &c), 0);
+    ck_assert_uint_eq(c.nlink, 3);
+    ck_assert_int_eq(idx_delete(idx, c.row, on_gone, &s), 0);
+    ck_assert_int_eq(s.n, 0);
+    ck_assert_int_eq(idx_lookup(idx, IDX_ROOT_ID, "c", &got), -ENOENT);
+    ck_assert_int_eq(idx_get(idx, a, &got), 0);
+    ck_assert_uint_eq(got.nlink, 2);
+    ck_assert_int_eq(idx_delete(idx, a, on_gone, &s), 0); /* the file's own name */
+    ck_assert_int_eq(s.n, 0);
+    ck_assert_int_eq(idx_lookup(idx, IDX_ROOT_ID, "a", &got), -ENOENT);
+    ck_assert_int_eq(idx_lookup(idx, d, "b", &b), 0);
+    ck_assert_int_eq(b.id, a);
+    ck_assert_int_eq(b.row, a); /* the file now sits under the link's name */
+    ck_assert_uint_eq(b.nlink, 1);
+    ck_assert_uint_eq(idx_cached_bytes(idx), 10);
+    ck_assert_int_eq(idx_check(idx), 0);
+    ck_assert_int_eq(idx_delete(idx, b.row, on_gone, &s), 0);
+    ck_assert_int_eq(s.n, 1);
+    ck_assert(seen_has(&s, a));
+    ck_assert_uint_eq(idx_cached_bytes(idx), 0);
+    ck_assert_int_eq(idx_check(idx), 0);
+}
+END_TEST
+
+/* A folder deleted with a file in it whose link lives elsewhere: the file moves to the link. */
+START_TEST(test_link_survives_subtree_delete)
+{
+    struct seen s = {0};
+    struct idx_file got;
+    int64_t d = put_dir(IDX_ROOT_ID, "d");
+    int64_t a = put_file(d, "a", 10), x = put_file(d, "x", 1);
+
+    ck_assert_int_eq(idx_link(idx, a, IDX_ROOT_ID, "keep", 1, NULL), 0);
+    ck_assert_int_eq(idx_link(idx, a, d, "also", 1, NULL), 0);
+    ck_assert_int_eq(idx_delete(idx, d, on_gone, &s), 0);
+    ck_assert(seen_has(&s, d) && seen_has(&s, x) && !seen_has(&s, a));
+    ck_assert_int_eq(idx_lookup(idx, IDX_ROOT_ID, "keep", &got), 0);
+    ck_assert_int_eq(got.id, a);
+    ck_assert_int_eq(got.row, a);
+    ck_assert_uint_eq(got.nlink, 1);
+    ck_assert_int_eq(idx_check(idx), 0);
+}
+END_TEST
+
+START_TEST(test_link_rename_and_put)
+{
+    struct seen s = {0};
+    struct idx_file got, f;
+    int64_t a = put_file(IDX_ROOT_ID, "a", 10), o = put_file(IDX_ROOT_ID, "other", 3);
+
+    ck_assert_int_eq(idx_link(idx, a, IDX_ROOT_ID, "b", 1, NULL), 0);
+    ck_assert_int_eq(idx_lookup(idx, IDX_ROOT_ID, "b", &got), 0);
+    /* rename of one name onto the other: nothing changes */
+    ck_assert_int_eq(idx_rename(idx, got.row, IDX_ROOT_ID, "a", on_gone, &s), 0);
+    ck_assert_int_eq(idx_lookup(idx, IDX_ROOT_ID, "b", &got), 0);
+    ck_assert_int_eq(idx_lookup(idx, IDX_ROOT_ID, "a", &got), 0);
+    /* the link renamed over another file replaces it */
+    ck_assert_int_eq(idx_lookup(idx, IDX_ROOT_ID, "b", &got), 0);
+    ck_assert_int_eq(idx_rename(idx, got.row, IDX_ROOT_ID, "other", on_gone, &s), 0);
+    ck_assert(seen_has(&s, o));
+    ck_assert_int_eq(idx_lookup(idx, IDX_ROOT_ID, "other", &got), 0);
+    ck_assert_int_eq(got.id, a);
+    /* metadata put under the link's name lands on the file; a count of 1 from a source that
+     * knows no links does not go below the names */
+    f = mkfile(IDX_ROOT_ID, "other", S_IFREG | 0600, 10);
+    f.ino = 1001; /* a's identity */
+    ck_assert_int_ge(idx_put(idx, &f), 0);
+    ck_assert_int_eq(f.id, a);
+    ck_assert_int_eq(idx_get(idx, a, &got), 0);
+    ck_assert_uint_eq(got.mode, S_IFREG | 0600);
+    ck_assert_uint_eq(got.nlink, 2);
+    /* a folder now under the link's name: the link goes, a new row takes the name */
+    f = mkfile(IDX_ROOT_ID, "other", S_IFDIR | 0755, 4096);
+    ck_assert_int_eq(idx_put(idx, &f), 0);
+    ck_assert_int_ne(f.id, a);
+    ck_assert_int_eq(idx_get(idx, a, &got), 0);
+    ck_assert_uint_eq(got.nlink, 1);
+    ck_assert_int_eq(idx_check(idx), 0);
+}
+END_TEST
+
+START_TEST(test_link_pruned_with_listing)
+{
+    struct idx_file got;
+    int64_t a = put_file(IDX_ROOT_ID, "a", 10);
+
+    ck_assert_int_eq(idx_link(idx, a, IDX_ROOT_ID, "b", 50, NULL), 0);
+    ck_assert_int_eq(idx_touch_attr(idx, a, 200), 0);
+    ck_assert_int_eq(idx_prune_children(idx, IDX_ROOT_ID, 150, NULL, NULL), 0);
+    ck_assert_int_eq(idx_lookup(idx, IDX_ROOT_ID, "b", &got), -ENOENT);
+    ck_assert_int_eq(idx_get(idx, a, &got), 0);
+    ck_assert_uint_eq(got.nlink, 1);
+    ck_assert_int_eq(idx_check(idx), 0);
+}
+END_TEST
+
 /* ---- delete and prune ---- */
 
 START_TEST(test_delete_removes_subtree_and_calls_gone)
@@ -1401,6 +1567,23 @@ START_TEST(test_prune_removes_unseen_children_recursively)
     ck_assert_int_eq(idx_get(idx, kept_grandchild, &got), 0);
     ck_assert_int_eq(idx_get(idx, inner, &got), -ENOENT);
     ck_assert_uint_eq(idx_cached_bytes(idx), 0);
+    ck_assert_int_eq(idx_check(idx), 0);
+}
+END_TEST
+
+/* A child created here and not yet written back (a journal row names it) is not on the source's
+ * listing yet: pruning keeps it. Once its rows are done it goes like any other. */
+START_TEST(test_prune_keeps_children_with_journal_rows)
+{
+    struct idx_file got;
+    int64_t pending = put_file(IDX_ROOT_ID, "pending", 1);
+    int64_t seq = add_op(IDX_J_CREATE, pending, "pending");
+
+    ck_assert_int_eq(idx_prune_children(idx, IDX_ROOT_ID, 500, NULL, NULL), 0);
+    ck_assert_int_eq(idx_get(idx, pending, &got), 0);
+    ck_assert_int_eq(idx_journal_done(idx, seq), 0);
+    ck_assert_int_eq(idx_prune_children(idx, IDX_ROOT_ID, 500, NULL, NULL), 0);
+    ck_assert_int_eq(idx_get(idx, pending, &got), -ENOENT);
     ck_assert_int_eq(idx_check(idx), 0);
 }
 END_TEST
@@ -2831,10 +3014,16 @@ static Suite *index_suite(void)
     tcase_add_test(tc, test_rename_moves_subtree_keeping_ids_and_blocks);
     tcase_add_test(tc, test_rename_replaces_target_and_calls_gone);
     tcase_add_test(tc, test_rename_refuses_beneath_itself_root_and_bad_names);
+    tcase_add_test(tc, test_link_names_one_file);
+    tcase_add_test(tc, test_link_delete_names);
+    tcase_add_test(tc, test_link_survives_subtree_delete);
+    tcase_add_test(tc, test_link_rename_and_put);
+    tcase_add_test(tc, test_link_pruned_with_listing);
     tcase_add_test(tc, test_delete_in_batch_calls_gone_after_commit);
     tcase_add_test(tc, test_delete_in_rolled_back_batch_never_calls_gone);
     tcase_add_test(tc, test_prune_removes_unseen_children_recursively);
     tcase_add_test(tc, test_prune_missing_dir_is_enoent);
+    tcase_add_test(tc, test_prune_keeps_children_with_journal_rows);
 
     tc = tcase(s, "link");
     tcase_add_test(tc, test_link_roundtrip);
