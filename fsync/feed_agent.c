@@ -14,6 +14,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,9 +40,10 @@ struct op {
     char *path, *path2; /* path2: RENAME's target, ENTRY's link text */
     struct idx_file f;  /* ENTRY */
     uint64_t version, first;
-    uint32_t n;     /* HASHES: count; DATA: raw length */
-    uint8_t *bytes; /* HASHES: n x 16; DATA: raw bytes */
-    bool small;     /* DATA of a small file: sent to every subscriber */
+    uint32_t n;      /* HASHES: count; DATA: raw length */
+    uint8_t *bytes;  /* HASHES: n x 16; DATA: raw bytes */
+    bool small;      /* DATA of a small file: sent to every subscriber */
+    uint64_t client; /* ENTRY, REMOVE, RENAME: the SFTP client whose own change this is, or 0 */
 };
 
 struct batch {
@@ -56,8 +58,31 @@ struct strset {
     size_t cap, used;
 };
 
+/* What SFTP clients' changes left (the endpoint's change hook): per file (by inode) its last
+ * OWN_STATES states, per path that a change left empty that it did. The watcher reports a path
+ * some time after it changed, when it may have changed again: a state it finds there that one
+ * of a client's changes left is that client's own. A change made on the laptop leaves a state
+ * (an mtime in ns, an inode) that no client made. */
+#define OWN_SLOTS   8192
+#define OWN_PROBE   16
+#define OWN_STATES  8
+#define OWN_KEEP_NS (120LL * 1000000000)
+struct own_state {
+    uint32_t mode;
+    uint64_t size;
+    int64_t mtime_ns;
+};
+struct own_rec {
+    uint64_t key; /* own_key_ino or own_key_path; 0: free */
+    uint64_t client;
+    int64_t t;
+    unsigned n; /* states recorded (the last OWN_STATES kept); none for a path left empty */
+    struct own_state s[OWN_STATES];
+};
+
 struct fa_export {
     const struct fa_root *r;
+    struct own_rec *own; /* OWN_SLOTS; protected by fa->lock */
     idx_t *idx;
     fw_t *w; /* agent thread only */
     bool started;
@@ -76,6 +101,7 @@ struct fa_sub {
     struct strset held;         /* protected by fa->lock */
     uint64_t acked;             /* protected by fa->lock */
     uint64_t sent_gen;          /* protected by fa->lock: the last generation sent */
+    uint64_t client;            /* protected by fa->lock: its SFTP client's id (CLIENT), or 0 */
     struct fa_sub *next;        /* protected by fa->lock */
 };
 
@@ -97,6 +123,7 @@ struct fa {
     bool stop;                     /* protected by lock */
     struct fa_stats stats;         /* protected by lock */
     uint8_t *blockbuf;             /* agent thread only */
+    atomic_int inflight;           /* requests of named SFTP clients being carried out */
 };
 
 static void vlog(const fa_t *fa, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -260,6 +287,86 @@ static void set_rename(struct strset *s, const char *from, const char *to)
     for (size_t i = 0; i < nm; i++)
         set_add_owned(s, moved[i]);
     free(moved);
+}
+
+/* --- own changes ------------------------------------------------------------------------- */
+
+static int64_t ts_ns(struct timespec t);
+static int64_t now_ns(void);
+
+static uint64_t own_key_ino(uint64_t dev, uint64_t ino)
+{
+    uint64_t v[2] = {dev, ino};
+    return XXH3_64bits(v, sizeof(v)) | 1; /* never 0, the free slot */
+}
+
+static uint64_t own_key_path(const char *rel)
+{
+    return XXH3_64bits_withSeed(rel, strlen(rel), 0x6f776e) | 1;
+}
+
+/* The slot of 'key' (fa->lock held): its own, else a free or stale one, else the oldest (at
+ * worst a change is then taken for a foreign one: applied, never lost). */
+static struct own_rec *own_slot(struct fa_export *ex, uint64_t key, int64_t now, bool *found)
+{
+    struct own_rec *slot = NULL, *oldest = NULL;
+    *found = false;
+    for (size_t i = 0; i < OWN_PROBE; i++) {
+        struct own_rec *r = &ex->own[(key + i) % OWN_SLOTS];
+        if (r->key == key) {
+            *found = now - r->t <= OWN_KEEP_NS;
+            return r;
+        }
+        if (!slot && (r->key == 0 || now - r->t > OWN_KEEP_NS))
+            slot = r; /* keep probing: the key may sit further on */
+        if (!oldest || r->t < oldest->t)
+            oldest = r;
+    }
+    return slot ? slot : oldest;
+}
+
+void fa_note_change(void *arg, uint64_t client, enum sfs_phase phase, size_t root, const char *rel,
+                    const struct stat *st)
+{
+    fa_t *fa = arg;
+    if (client == 0)
+        return;
+    if (phase != SFS_CHANGED) {
+        atomic_fetch_add(&fa->inflight, phase == SFS_BEGIN ? 1 : -1);
+        return;
+    }
+    if (root >= fa->nex || strcmp(rel, ".") == 0)
+        return;
+    struct fa_export *ex = &fa->ex[root];
+    uint64_t key = st ? own_key_ino(st->st_dev, st->st_ino) : own_key_path(rel);
+    int64_t now = now_ns();
+    bool found;
+    pthread_mutex_lock(&fa->lock);
+    struct own_rec *r = own_slot(ex, key, now, &found);
+    if (!found || r->client != client)
+        *r = (struct own_rec){.key = key, .client = client};
+    r->t = now;
+    if (st)
+        r->s[r->n++ % OWN_STATES] =
+            (struct own_state){st->st_mode, (uint64_t)st->st_size, ts_ns(st->st_mtim)};
+    pthread_mutex_unlock(&fa->lock);
+}
+
+/* The client one of whose changes left 'rel' as it is now (f NULL: nothing there), or 0. */
+static uint64_t own_client(fa_t *fa, struct fa_export *ex, const char *rel,
+                           const struct idx_file *f)
+{
+    uint64_t key = f ? own_key_ino(f->dev, f->ino) : own_key_path(rel), client = 0;
+    bool found;
+    pthread_mutex_lock(&fa->lock);
+    const struct own_rec *r = own_slot(ex, key, now_ns(), &found);
+    if (found && !f)
+        client = r->client;
+    for (unsigned k = 0; found && f && k < r->n && k < OWN_STATES && !client; k++)
+        if (r->s[k].mode == f->mode && r->s[k].size == f->size && r->s[k].mtime_ns == f->mtime_ns)
+            client = r->client;
+    pthread_mutex_unlock(&fa->lock);
+    return client;
 }
 
 /* --- batches of operations ---------------------------------------------------------------- */
@@ -762,7 +869,8 @@ static int send_snapshot(fa_t *fa, struct fa_sub *s, struct fa_export *ex)
     buf_init(&sn.out, FEED_FRAME_MAX * 2 + SEND_CHUNK);
     char rootname[NAME_MAX + 2];
     snprintf(rootname, sizeof(rootname), "/%s", ex->r->name);
-    if ((r = feed_put_hello(&s->enc, &sn.out, FA_BLOCK, rootname, "offload serve")) < 0 ||
+    if ((r = feed_put_hello(&s->enc, &sn.out, FA_BLOCK, FEED_HELLO_OWN, rootname,
+                            "offload serve")) < 0 ||
         (r = feed_put_u64msg(&s->enc, &sn.out, FEED_SNAP_BEGIN, ex->gen)) < 0 ||
         (r = idx_get(ex->idx, IDX_ROOT_ID, &root)) < 0)
         goto out;
@@ -807,9 +915,32 @@ static int encode_op(fa_t *fa, struct fa_sub *s, const struct op *o, struct buf 
     return -EINVAL;
 }
 
-static void send_batch(fa_t *fa, struct fa_export *ex, const struct batch *b)
+/* Which of the batch's changes were made by an SFTP client that named itself, and by which. Its
+ * changes in progress are waited for first (briefly): a change the watcher saw may have been
+ * made by a request whose hook has not run yet. */
+static void tag_own(fa_t *fa, struct fa_export *ex, struct batch *b)
+{
+    for (int i = 0; i < 100 && atomic_load(&fa->inflight) > 0; i++) {
+        struct timespec ts = {0, 200 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    for (size_t i = 0; i < b->n; i++) {
+        struct op *o = &b->v[i];
+        if (o->kind == OP_ENTRY) {
+            o->client = own_client(fa, ex, o->path, &o->f);
+        } else if (o->kind == OP_REMOVE) {
+            o->client = own_client(fa, ex, o->path, NULL);
+        } else if (o->kind == OP_RENAME) {
+            uint64_t c = own_client(fa, ex, o->path2, &o->f);
+            o->client = c && own_client(fa, ex, o->path, NULL) == c ? c : 0;
+        }
+    }
+}
+
+static void send_batch(fa_t *fa, struct fa_export *ex, struct batch *b)
 {
     struct buf out;
+    tag_own(fa, ex, b);
     buf_init(&out, FEED_FRAME_MAX * 2 + SEND_CHUNK);
     for (;;) {
         /* one subscriber at a time, without the lock while sending */
@@ -835,7 +966,17 @@ static void send_batch(fa_t *fa, struct fa_export *ex, const struct batch *b)
                 set_rename(&s->held, o->path, NULL);
                 pthread_mutex_unlock(&fa->lock);
             }
-            r = encode_op(fa, s, o, &out);
+            if (o->client &&
+                (o->kind == OP_ENTRY || o->kind == OP_REMOVE || o->kind == OP_RENAME)) {
+                pthread_mutex_lock(&fa->lock);
+                bool own = s->client == o->client;
+                fa->stats.own_tags += own;
+                pthread_mutex_unlock(&fa->lock);
+                if (own)
+                    r = feed_put_u64msg(&s->enc, &out, FEED_OWN, 1);
+            }
+            if (r == 0)
+                r = encode_op(fa, s, o, &out);
             if (r == 0 && buf_avail(&out) >= SEND_CHUNK)
                 r = send_buf(fa, s, &out);
         }
@@ -882,6 +1023,11 @@ static int do_rename(fa_t *fa, struct fa_export *ex, const char *from, const cha
     struct op *o = op_add(b, OP_RENAME, from);
     if (!o || !(o->path2 = strdup(to)))
         return -ENOMEM;
+    o->f = (struct idx_file){.mode = st.st_mode,
+                             .size = (uint64_t)st.st_size,
+                             .dev = st.st_dev,
+                             .ino = st.st_ino,
+                             .mtime_ns = ts_ns(st.st_mtim)};
     return sync_path(fa, ex, to, false, b); /* its ctime changed; a folder's content did not */
 fallback:
     if ((r = sync_path(fa, ex, from, false, b)) < 0)
@@ -1195,6 +1341,9 @@ static int hook_input(void *ctx, struct buf *rx)
         case FEED_ACK:
             s->acked = m.u.generation;
             break;
+        case FEED_CLIENT:
+            s->client = m.u.generation;
+            break;
         case FEED_HOLD:
             set_add(&s->held, m.u.path.path);
             if (s->live && fa->n_to_hash < 4096) {
@@ -1267,8 +1416,13 @@ int fa_new(const struct fa_root *roots, size_t nroots, const char *state_dir, in
         goto fail;
     }
     fa->nex = nroots;
-    for (size_t i = 0; i < nroots; i++)
+    for (size_t i = 0; i < nroots; i++) {
         fa->ex[i].r = &roots[i];
+        if (!(fa->ex[i].own = calloc(OWN_SLOTS, sizeof(struct own_rec)))) {
+            snprintf(err, errlen, "out of memory");
+            goto fail;
+        }
+    }
     snprintf(fa->state_dir, sizeof(fa->state_dir), "%s", state_dir);
     fa->verbose = verbose;
     pthread_mutex_init(&fa->lock, NULL);
@@ -1284,6 +1438,8 @@ int fa_new(const struct fa_root *roots, size_t nroots, const char *state_dir, in
     return 0;
 fail:
     if (fa) {
+        for (size_t i = 0; fa->ex && i < fa->nex; i++)
+            free(fa->ex[i].own);
         free(fa->ex);
         free(fa->blockbuf);
     }
@@ -1330,6 +1486,8 @@ void fa_free(fa_t *fa)
     free(fa->to_hash);
     close(fa->wake_fd);
     pthread_mutex_destroy(&fa->lock);
+    for (size_t i = 0; i < fa->nex; i++)
+        free(fa->ex[i].own);
     free(fa->ex);
     free(fa->blockbuf);
     free(fa);

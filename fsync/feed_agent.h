@@ -39,10 +39,19 @@ int fa_new(const struct fa_root *roots, size_t nroots, const char *state_dir, in
 /* Fill *sub with the feed subsystem's hooks, for tun_ep_opts.subsys. */
 void fa_subsys(fa_t *fa, struct tun_ep_subsys *sub);
 
+/* The endpoint's change hook (tun_ep_opts.on_change, arg the agent; root indexes as in the array
+ * given to fa_new): an SFTP client that named itself changed 'rel', leaving 'st' (NULL: nothing).
+ * The agent then sends a change it finds there, while it looks as one of that client's changes
+ * left it, tagged OWN to that client's own subscription (docs/feed.md); every other subscriber
+ * gets it as any change. */
+void fa_note_change(void *fa, uint64_t client, enum sfs_phase phase, size_t root, const char *rel,
+                    const struct stat *st);
+
 /* Counters, for logs and tests. Any thread. */
 struct fa_stats {
     uint64_t batches, entries, removes, renames, hashes, data_blocks, data_bytes, bytes_sent;
     uint64_t rescans, subscribers;
+    uint64_t own_tags; /* changes sent to the subscriber that made them, tagged OWN */
 };
 void fa_get_stats(fa_t *fa, struct fa_stats *st);
 

@@ -419,6 +419,8 @@ static const struct feed_ops feed_ops[] = {
     [FEED_HOLD] = {"HOLD", put_path_msg, get_path_msg},
     [FEED_DROP] = {"DROP", put_path_msg, get_path_msg},
     [FEED_ERROR] = {"ERROR", put_error, get_error},
+    [FEED_CLIENT] = {"CLIENT", put_u64msg, get_u64msg},
+    [FEED_OWN] = {"OWN", put_u64msg, get_u64msg},
 };
 
 static const struct feed_ops *ops_of(unsigned type)
@@ -470,14 +472,14 @@ fail:
     return r;
 }
 
-int feed_put_hello(struct feed_enc *e, struct buf *out, uint32_t block_size, const char *root,
-                   const char *software)
+int feed_put_hello(struct feed_enc *e, struct buf *out, uint32_t block_size, uint32_t flags,
+                   const char *root, const char *software)
 {
     struct feed_msg m = {.type = FEED_HELLO};
 
     m.u.hello.version = FEED_VERSION;
     m.u.hello.block_size = block_size;
-    m.u.hello.flags = 0;
+    m.u.hello.flags = flags;
     m.u.hello.root = root;
     m.u.hello.software = software;
     return feed_put(e, out, &m);
@@ -488,7 +490,7 @@ int feed_put_u64msg(struct feed_enc *e, struct buf *out, enum feed_type type, ui
     struct feed_msg m = {.type = type};
 
     if (type != FEED_SNAP_BEGIN && type != FEED_SNAP_END && type != FEED_BATCH_END &&
-        type != FEED_ACK)
+        type != FEED_ACK && type != FEED_CLIENT && type != FEED_OWN)
         return -EINVAL;
     m.u.generation = value;
     return feed_put(e, out, &m);

@@ -39,7 +39,12 @@ enum feed_type {
     FEED_HOLD = 11,
     FEED_DROP = 12,
     FEED_ERROR = 13,
+    FEED_CLIENT = 14, /* mountd: u64 the id its SFTP client gave itself (client-id@offload) */
+    FEED_OWN = 15, /* agent: u64 1: the next ENTRY, REMOVE or RENAME is that client's own change */
 };
+
+/* HELLO flags */
+#define FEED_HELLO_OWN 0x1u /* agent: tags a subscriber's own changes (CLIENT, OWN) */
 
 enum feed_codec {
     FEED_CODEC_RAW = 0,
@@ -65,7 +70,7 @@ struct feed_msg {
             uint32_t version, block_size, flags;
             const char *root, *software;
         } hello;
-        uint64_t generation; /* SNAP_BEGIN, BATCH_END, ACK */
+        uint64_t generation; /* SNAP_BEGIN, BATCH_END, ACK; CLIENT (the id), OWN (1) */
         uint64_t count;      /* SNAP_END */
         struct feed_entry entry;
         struct {
@@ -122,9 +127,9 @@ void feed_enc_init(struct feed_enc *e);
 int feed_put(struct feed_enc *e, struct buf *out, const struct feed_msg *m);
 
 /* Shorthands for feed_put, with the same contract. */
-/* HELLO of version FEED_VERSION, flags 0. */
-int feed_put_hello(struct feed_enc *e, struct buf *out, uint32_t block_size, const char *root,
-                   const char *software);
+/* HELLO of version FEED_VERSION with 'flags' (FEED_HELLO_*). */
+int feed_put_hello(struct feed_enc *e, struct buf *out, uint32_t block_size, uint32_t flags,
+                   const char *root, const char *software);
 /* SNAP_BEGIN, SNAP_END, BATCH_END or ACK (any other type is -EINVAL). */
 int feed_put_u64msg(struct feed_enc *e, struct buf *out, enum feed_type type, uint64_t value);
 int feed_put_entry(struct feed_enc *e, struct buf *out, const struct feed_entry *en);

@@ -41,7 +41,7 @@ struct pending {
     struct idx_block *v; /* the old version's cached blocks, by blkno */
     bool *drop;          /* v[i] changed: not carried */
     size_t n, cap;
-    int in;              /* the old version's cache file, opened before its row can go; -1 */
+    int in; /* the old version's cache file, opened before its row can go; -1 */
 };
 
 struct fm {
@@ -66,6 +66,10 @@ struct fm {
     struct feed_dec dec;
     struct buf rx;
     bool in_batch, in_snap, snap_seen;
+    bool tags;              /* the agent tags our own changes (HELLO flag; we sent CLIENT) */
+    bool own_next;          /* an OWN frame came: the next frame is our own change */
+    bool own;               /* the frame being applied is (an ENTRY, REMOVE or RENAME after OWN) */
+    char echo_of[PATH_MAX]; /* the last ENTRY taken for an echo: its HASHES and DATA are too */
     int64_t stamp;
     struct pending pend; /* the file whose content changed last: blocks to carry over */
     int64_t hfile;       /* the file of the last HASHES frame, and its hashes, for DATA checks */
@@ -289,13 +293,31 @@ void fm_wait_file(struct mountd *m, int64_t id)
 }
 
 /* Is this feed path (relative to the root) one we changed ourselves just now? */
+/* Is the change the feed reports for 'rel' our own (its echo), to be left alone? What an agent
+ * that tags tagged OWN (the path still looks as one of our SFTP client's changes left it, however
+ * late the agent reports it), any change to a file whose own changes are still journaled here
+ * (they land after it: the local copy wins), and any path changed through the mount in the last
+ * ECHO_WINDOW_NS. The last rule stays until an untagged change can be told foreign for sure:
+ * the watcher may report a burst of our own changes as states no single change of ours left
+ * (docs/writeback.md). */
 static bool echo(struct fm *fm, const char *rel)
 {
     char p[PATH_MAX + NAME_MAX + 2];
+    struct idx_file f;
+    uint64_t n = 0;
     if (!fm->m->writable)
         return false;
+    if (fm->tags && (fm->own || (*rel && idx_resolve(fm->m->idx, rel, &f) == 0 &&
+                                 idx_journal_count(fm->m->idx, f.id, INT64_MAX, &n) == 0 && n > 0)))
+        return true;
     snprintf(p, sizeof(p), "%s%s%s", fm->root, *rel ? "/" : "", rel);
     return md_recent_local(fm->m, p);
+}
+
+/* Are the HASHES or DATA for 'rel' those of an ENTRY taken for an echo? */
+static bool echo_content(struct fm *fm, const char *rel)
+{
+    return (fm->tags && strcmp(rel, fm->echo_of) == 0) || echo(fm, rel);
 }
 
 static int apply_entry(struct fm *fm, const struct feed_entry *e)
@@ -308,6 +330,7 @@ static int apply_entry(struct fm *fm, const struct feed_entry *e)
 
     memset(&f, 0, sizeof(f));
     if (!fm->in_snap && echo(fm, e->path)) {
+        snprintf(fm->echo_of, sizeof(fm->echo_of), "%s", e->path);
         FS_STAT_ADD(&m->st, feed_echoes, 1);
         /* The echo of our own change: content and version stay ours. Its times are the source's
          * though (a write-back's writes set the laptop's mtime when they land, seconds after the
@@ -342,7 +365,7 @@ static int apply_entry(struct fm *fm, const struct feed_entry *e)
         return r;
     bool known = r == 0;
     if (known && (old.mode & S_IFMT) != (e->mode & S_IFMT) && *e->path) {
-        if ((r = idx_delete(m->idx, old.id, md_gone_cb, m)) < 0)
+        if ((r = idx_delete(m->idx, old.row, md_gone_cb, m)) < 0)
             return r;
         md_queue_inval_entry(m, (fuse_ino_t)parent.id, base);
         known = false;
@@ -369,7 +392,7 @@ static int apply_entry(struct fm *fm, const struct feed_entry *e)
     bool replaced = known && S_ISREG(old.mode) && S_ISREG(e->mode) && *e->path && old.ino != 0 &&
                     (old.ino != e->ino || old.dev != e->dev) && !dirty && !m->follow_replace;
     if (replaced) {
-        if ((r = idx_delete(m->idx, old.id, md_gone_cb, m)) < 0) {
+        if ((r = idx_delete(m->idx, old.row, md_gone_cb, m)) < 0) {
             if (next.in >= 0)
                 close(next.in);
             free(next.v);
@@ -470,9 +493,10 @@ static int apply_remove(struct fm *fm, const char *path)
     }
     if ((r = idx_resolve(m->idx, path, &f)) < 0)
         return r == -ENOENT ? 0 : r; /* already gone */
-    if ((r = idx_delete(m->idx, f.id, md_gone_cb, m)) < 0)
+    if ((r = idx_delete(m->idx, f.row, md_gone_cb, m)) < 0)
         return r;
     md_queue_inval_entry(m, (fuse_ino_t)f.parent, f.name);
+    md_queue_inval(m, (fuse_ino_t)f.id); /* another name of it may stay: its link count */
     fm->applied++;
     if (fm->snap_seen && !fm->in_snap) {
         struct md_reflection rf = {.kind = MD_RF_DELETE, .path = path, .ghost = f};
@@ -498,7 +522,7 @@ static int apply_rename(struct fm *fm, const char *from, const char *to)
     split(to, dir, sizeof(dir), &base);
     if ((r = idx_resolve(m->idx, from, &f)) < 0 || (r = idx_resolve(m->idx, dir, &dst)) < 0)
         return r == -ENOENT ? -EPROTO : r;
-    if ((r = idx_rename(m->idx, f.id, dst.id, base, md_gone_cb, m)) < 0)
+    if ((r = idx_rename(m->idx, f.row, dst.id, base, md_gone_cb, m)) < 0)
         return r == -ENOENT || r == -EINVAL || r == -ENOTDIR ? -EPROTO : r;
     md_queue_inval_entry(m, (fuse_ino_t)f.parent, f.name);
     md_queue_inval_entry(m, (fuse_ino_t)dst.id, base);
@@ -522,7 +546,7 @@ static int apply_hashes(struct fm *fm, const struct feed_msg *msg)
     struct idx_file f;
     struct idx_block b;
     int r;
-    if (echo(fm, msg->u.hashes.path)) {
+    if (echo_content(fm, msg->u.hashes.path)) {
         fm->hfile = -1; /* its DATA frames are skipped too */
         return 0;
     }
@@ -564,7 +588,7 @@ static int apply_data(struct fm *fm, const struct feed_msg *msg)
     struct mountd *m = fm->m;
     struct idx_file f;
     int r;
-    if (fm->hfile == -1 && echo(fm, msg->u.data.path))
+    if (fm->hfile == -1 && echo_content(fm, msg->u.data.path))
         return 0; /* the DATA of a change we made ourselves */
     if ((r = idx_resolve(m->idx, msg->u.data.path, &f)) < 0 || !S_ISREG(f.mode) ||
         f.id != fm->hfile)
@@ -655,45 +679,32 @@ static int keep_id(struct fm *fm, int64_t file)
     return 0;
 }
 
-static int keep_row(void *arg, const struct idx_jentry *e)
-{
-    return e->file ? keep_id(arg, e->file) : 0;
-}
-
 static void keep_written_back(void *arg, int64_t file)
 {
     keep_id(arg, file);
 }
 
-/* Rows changed here and not yet written back (or written back lately) may not be in the
- * source's snapshot: remember them (before the snapshot's batch opens: the journal cannot be
- * scanned inside a batch). */
-static int collect_pending(struct fm *fm)
+/* Rows written back lately may not be in the source's snapshot yet (it may have been taken
+ * before they landed there, and their echo is left alone, so nothing else would bring them):
+ * remember them, to keep them from the snapshot's pruning. Rows not yet written back are kept by
+ * the index itself (idx_prune_children spares files with journal rows). */
+static void collect_written_back(struct fm *fm)
 {
     fm->n_keep = 0;
-    for (int tries = 0; tries < 200; tries++) {
-        int r = idx_journal_scan(fm->m->idx, 0, SIZE_MAX, keep_row, fm);
-        if (r != -EBUSY) {
-            /* and those written back lately: the source may have taken its snapshot before
-             * they landed there (their echo is left alone, so nothing else would bring them) */
-            if (r >= 0)
-                md_written_back_since(fm->m, md_wall_ns() - ECHO_WINDOW_NS * 6,
-                                      keep_written_back, fm);
-            return r;
-        }
-        fm->n_keep = 0;
-        struct timespec ts = {0, 5 * 1000000};
-        nanosleep(&ts, NULL);
-    }
-    return -EBUSY;
+    md_written_back_since(fm->m, md_wall_ns() - ECHO_WINDOW_NS * 6, keep_written_back, fm);
 }
 
 static int on_frame(struct fm *fm, const struct feed_msg *msg, uint64_t *ack)
 {
     struct mountd *m = fm->m;
     int r = 0;
-    if (msg->type == FEED_SNAP_BEGIN && !fm->in_batch && (r = collect_pending(fm)) < 0)
-        return r;
+    bool names = msg->type == FEED_ENTRY || msg->type == FEED_REMOVE || msg->type == FEED_RENAME;
+    fm->own = fm->own_next && names;
+    fm->own_next = false;
+    if (names)
+        fm->echo_of[0] = '\0'; /* apply_entry sets it again when this one is an echo */
+    if (msg->type == FEED_SNAP_BEGIN)
+        collect_written_back(fm);
     if (!fm->in_batch && msg->type != FEED_BATCH_END && msg->type != FEED_HELLO &&
         msg->type != FEED_ERROR) {
         idx_begin(m->idx);
@@ -704,6 +715,18 @@ static int on_frame(struct fm *fm, const struct feed_msg *msg, uint64_t *ack)
     case FEED_HELLO:
         if (msg->u.hello.block_size != FS_BLOCK_SIZE)
             return -EPROTO;
+        if (msg->u.hello.flags & FEED_HELLO_OWN) {
+            /* name our SFTP client: the agent then tags the changes it made as ours */
+            pthread_mutex_lock(&fm->lock);
+            r = feed_put_u64msg(&fm->enc, &fm->out, FEED_CLIENT, m->o.sftp.client_id);
+            pthread_mutex_unlock(&fm->lock);
+            fm->tags = r == 0;
+        }
+        return r;
+    case FEED_OWN:
+        if (!fm->tags)
+            return -EPROTO;
+        fm->own_next = true;
         return 0;
     case FEED_SNAP_BEGIN:
         fm->in_snap = true;
@@ -809,11 +832,12 @@ static int feed_open(struct fm *fm, char *err, size_t errlen)
     }
     if (feed_dec_init(&fm->dec, FS_BLOCK_SIZE) != 0)
         return -ENOMEM;
+    fm->tags = fm->own = fm->own_next = false;
     buf_init(&fm->rx, FEED_FRAME_MAX * 2 + RX_CHUNK);
     pthread_mutex_lock(&fm->lock);
     feed_enc_init(&fm->enc);
     buf_reset(&fm->out);
-    r = feed_put_hello(&fm->enc, &fm->out, FS_BLOCK_SIZE, fm->root, "offload mountd");
+    r = feed_put_hello(&fm->enc, &fm->out, FS_BLOCK_SIZE, 0, fm->root, "offload mountd");
     /* what we hold: the agent pushes changed blocks of those files */
     for (size_t i = 0; r == 0 && i < fm->held_cap; i++) {
         char path[PATH_MAX];

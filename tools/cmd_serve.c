@@ -210,6 +210,8 @@ int cmd_serve(int argc, char **argv)
         fa_subsys(fa, &sub);
         o.subsys = &sub;
         o.nsubsys = 1;
+        o.on_change = fa_note_change;
+        o.change_arg = fa;
     }
     if (tun_ep_start(&o, &ep, err, sizeof(err)) != 0) {
         fprintf(stderr, "offload serve: %s\n", err);

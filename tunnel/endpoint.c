@@ -233,6 +233,8 @@ static int on_subsystem(ssh_session s, ssh_channel c, const char *name, void *us
     if (strcmp(name, SFTP_SUBSYS) == 0) {
         if (sfs_new(ep->o.roots, ep->o.nroots, &ch->sfs) != 0)
             return -1;
+        if (ep->o.on_change)
+            sfs_set_change_hook(ch->sfs, ep->o.on_change, ep->o.change_arg);
         ch->kind = CH_SFTP;
         logf_(ep, "sftp subsystem started");
         return 0;

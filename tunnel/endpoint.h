@@ -52,6 +52,10 @@ struct tun_ep_opts {
     const struct tun_ep_subsys *subsys; /* may be NULL */
     size_t nsubsys;
     int verbose; /* log each session and channel to stderr */
+    /* Every change an SFTP client makes (sftp_server.h's change hook, on the session thread);
+     * may be NULL. */
+    sfs_change_fn on_change;
+    void *change_arg;
 };
 
 /* Make the keys, bind and listen, and start accepting in a thread of its own. The roots array and

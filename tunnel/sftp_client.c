@@ -967,8 +967,8 @@ static void ident_done(struct req *r, int err, uint8_t type, struct buf *payload
     free(c);
 }
 
-int tun_sftp_fstat_id_async(tun_sftp_t *s, const struct tun_sftp_handle *h,
-                            tun_sftp_ident_cb done, void *arg)
+int tun_sftp_fstat_id_async(tun_sftp_t *s, const struct tun_sftp_handle *h, tun_sftp_ident_cb done,
+                            void *arg)
 {
     struct ident_ctx *c;
     struct req *r;
@@ -1194,23 +1194,33 @@ static int read_packet_blocking(tun_sftp_t *s, uint8_t *type, struct buf *out, i
     }
 }
 
-/* Ask limits@openssh.com for the largest WRITE (handshake only, before any other request). A
- * reply other than the limits leaves *write_max as it is; a lost channel is an error. */
-static int query_write_max(tun_sftp_t *s, struct buf *b, uint32_t *write_max)
+/* One EXTENDED request 'name' (with the u64 'arg' when it is not NULL) during the handshake,
+ * before any other request; its reply is left in b, its type in *type. */
+static int handshake_ext(tun_sftp_t *s, struct buf *b, const char *name, const uint64_t *arg,
+                         uint8_t *type)
 {
-    uint64_t v[4];
-    uint8_t type;
     size_t mark;
     int r;
 
     buf_reset(b);
     if ((r = sfc_put_begin(b, SFC_EXTENDED, 0, &mark)) != 0 ||
-        (r = buf_put_cstring(b, "limits@openssh.com")) != 0)
+        (r = buf_put_cstring(b, name)) != 0 || (arg && (r = buf_put_u64(b, *arg)) != 0))
         return r;
     sfc_put_end(b, mark);
     if (ssh_channel_write(s->chan, buf_ptr(b), (uint32_t)buf_avail(b)) != (int)buf_avail(b))
         return -EIO;
-    if ((r = read_packet_blocking(s, &type, b, s->o.ssh.connect_timeout_s * 1000)) != 0)
+    return read_packet_blocking(s, type, b, s->o.ssh.connect_timeout_s * 1000);
+}
+
+/* Ask limits@openssh.com for the largest WRITE. A reply other than the limits leaves *write_max
+ * as it is; a lost channel is an error. */
+static int query_write_max(tun_sftp_t *s, struct buf *b, uint32_t *write_max)
+{
+    uint64_t v[4];
+    uint8_t type;
+    int r;
+
+    if ((r = handshake_ext(s, b, "limits@openssh.com", NULL, &type)) != 0)
         return r;
     if (type != SFC_EXTENDED_REPLY)
         return 0;
@@ -1220,6 +1230,14 @@ static int query_write_max(tun_sftp_t *s, struct buf *b, uint32_t *write_max)
     /* packet, read, write, open handles; 0 means no limit */
     *write_max = v[2] == 0 || v[2] > TUN_SFTP_WRITE_MAX ? TUN_SFTP_WRITE_MAX : (uint32_t)v[2];
     return 0;
+}
+
+/* client-id@offload: name this client to the server (its change hook tells our writes apart). */
+static int send_client_id(tun_sftp_t *s, struct buf *b)
+{
+    uint8_t type;
+    int r = handshake_ext(s, b, "client-id@offload", &s->o.client_id, &type);
+    return r != 0 ? r : type == SFC_STATUS ? 0 : -EPROTO;
 }
 
 static int establish(tun_sftp_t *s, char *err, size_t errlen)
@@ -1265,7 +1283,7 @@ static int establish(tun_sftp_t *s, char *err, size_t errlen)
                  {"hardlink@openssh.com", TUN_SFTP_EXT_HARDLINK},
                  {"fsync@openssh.com", TUN_SFTP_EXT_FSYNC},
                  {"fstat-id@offload", TUN_SFTP_EXT_FSTAT_ID}};
-    bool has_limits = false;
+    bool has_limits = false, has_client_id = false;
     pthread_mutex_lock(&s->lock);
     s->n_ext = 0;
     s->exts = 0;
@@ -1281,6 +1299,7 @@ static int establish(tun_sftp_t *s, char *err, size_t errlen)
                 if (strcmp(s->ext[s->n_ext], known[i].name) == 0)
                     s->exts |= known[i].bit;
             has_limits |= strcmp(s->ext[s->n_ext], "limits@openssh.com") == 0;
+            has_client_id |= strcmp(s->ext[s->n_ext], "client-id@offload") == 0;
             s->n_ext++;
         }
     }
@@ -1289,6 +1308,11 @@ static int establish(tun_sftp_t *s, char *err, size_t errlen)
     if (has_limits && (r = query_write_max(s, &b, &write_max)) != 0) {
         buf_free(&b);
         snprintf(err, errlen, "sftp handshake with '%s' failed (limits@openssh.com)", s->dest);
+        goto fail;
+    }
+    if (has_client_id && s->o.client_id != 0 && (r = send_client_id(s, &b)) != 0) {
+        buf_free(&b);
+        snprintf(err, errlen, "sftp handshake with '%s' failed (client-id@offload)", s->dest);
         goto fail;
     }
     pthread_mutex_lock(&s->lock);

@@ -66,8 +66,10 @@ struct tun_sftp_handle {
 
 struct tun_sftp_opts {
     struct tun_ssh_opts ssh;
-    int op_timeout_ms; /* 0 means 5000 */
-    int keepalive_s;   /* 0 means 15 */
+    int op_timeout_ms;  /* 0 means 5000 */
+    int keepalive_s;    /* 0 means 15 */
+    uint64_t client_id; /* not 0: sent with client-id@offload to a server that offers it, on
+                           every (re)connect (offload serve then knows our writes: docs/feed.md) */
 };
 
 struct tun_sftp_stats {
@@ -102,8 +104,9 @@ int tun_sftp_open(tun_sftp_t *s, const char *path, struct tun_sftp_handle *h);
 /* Open with SFC_FXF_* pflags (READ, WRITE, APPEND, CREAT, TRUNC, EXCL). create_attrs (may be NULL)
  * are the attributes of a file CREAT makes, usually just TUN_SFTP_ATTR_PERMISSIONS (the server's
  * umask applies). The handle in *h belongs to the connection that answered. With EXCL an existing
- * file gives -EEXIST from `offload serve`, -EIO from OpenSSH's server (see Errors). Any pflag but READ makes it a write-side request:
- * if the link drops after it was sent, -ECONNRESET (it may have created or truncated the file). */
+ * file gives -EEXIST from `offload serve`, -EIO from OpenSSH's server (see Errors). Any pflag but
+ * READ makes it a write-side request: if the link drops after it was sent, -ECONNRESET (it may have
+ * created or truncated the file). */
 int tun_sftp_open_flags(tun_sftp_t *s, const char *path, uint32_t pflags,
                         const struct tun_sftp_attr *create_attrs, struct tun_sftp_handle *h);
 int tun_sftp_fstat(tun_sftp_t *s, const struct tun_sftp_handle *h, struct tun_sftp_attr *a);
@@ -170,8 +173,8 @@ struct tun_sftp_ident {
     int64_t mtime_ns;
 };
 typedef void (*tun_sftp_ident_cb)(void *arg, int err, const struct tun_sftp_ident *id);
-int tun_sftp_fstat_id_async(tun_sftp_t *s, const struct tun_sftp_handle *h,
-                            tun_sftp_ident_cb done, void *arg);
+int tun_sftp_fstat_id_async(tun_sftp_t *s, const struct tun_sftp_handle *h, tun_sftp_ident_cb done,
+                            void *arg);
 
 /* ---- the ordered write stream ---- */
 

@@ -51,10 +51,11 @@ struct sfs {
     size_t nroots;
     sfs_change_fn change;
     void *change_arg;
-    bool inited;    /* INIT was answered */
-    int dead;       /* 0, or the error every later sfs_process returns */
-    time_t started; /* times of the virtual top */
-    size_t hint;    /* where the search for a free slot starts */
+    uint64_t client; /* client-id@offload: who this client is, for the change hook; 0 = unknown */
+    bool inited;     /* INIT was answered */
+    int dead;        /* 0, or the error every later sfs_process returns */
+    time_t started;  /* times of the virtual top */
+    size_t hint;     /* where the search for a free slot starts */
     struct handle handles[SFS_HANDLES_MAX];
 };
 
@@ -88,10 +89,21 @@ static uint32_t be32(const uint8_t *p)
     return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
 
+/* Tell the change hook what a change left at 'rel': the file open as 'fd' when it is >= 0 (a
+ * handle's path may be stale: the file may have been renamed since it was opened), else what
+ * the path names now (nothing: NULL). */
+static void changed_at(sfs_t *s, size_t root, const char *rel, int fd)
+{
+    struct stat st;
+    if (!s->change)
+        return;
+    bool have = fd >= 0 ? fstat(fd, &st) == 0 : cf_lstat(s->roots[root].root, rel, &st) == 0;
+    s->change(s->change_arg, s->client, SFS_CHANGED, root, rel, have ? &st : NULL);
+}
+
 static void changed(sfs_t *s, size_t root, const char *rel)
 {
-    if (s->change)
-        s->change(s->change_arg, root, rel);
+    changed_at(s, root, rel, -1);
 }
 
 static cf_root_t *root_of(const sfs_t *s, size_t i)
@@ -477,7 +489,7 @@ static int do_open(struct req *q)
     if ((r = cf_openat(root_of(q->s, v.root), v.rel, fl, mode, &fd)) != 0)
         return r;
     if (fl & (O_CREAT | O_TRUNC))
-        changed(q->s, v.root, v.rel);
+        changed_at(q->s, v.root, v.rel, fd);
     h->fd = fd;
     if ((r = handle_open(q, h, H_FILE, v.root, v.rel)) != 0) {
         close(fd);
@@ -558,7 +570,8 @@ static int do_write(struct req *q)
             done += (uint32_t)w;
     }
     if (done > 0)
-        changed(q->s, h->root, h->path); /* a failed write may have written a part */
+        changed_at(q->s, h->root, h->path,
+                   handle_fd(h)); /* a failed write may have written a part */
     if (r != 0)
         return r;
     return reply_status(q, 0);
@@ -725,7 +738,7 @@ static int do_fsetstat(struct req *q)
         return r;
     r = apply_fd(h, &a, &done);
     if (done > 0)
-        changed(q->s, h->root, h->path);
+        changed_at(q->s, h->root, h->path, handle_fd(h));
     return r != 0 ? r : reply_status(q, 0);
 }
 
@@ -819,7 +832,8 @@ static int do_readdir(struct req *q)
     count_mark = buf_avail(q->tx);
     if ((r = buf_put_u32(q->tx, 0)) != 0)
         return r;
-    r = h->kind == H_TOP ? list_top(q->s, h, q->tx, &count) : list_dir(root_of(q->s, h->root), h, q->tx, &count);
+    r = h->kind == H_TOP ? list_top(q->s, h, q->tx, &count)
+                         : list_dir(root_of(q->s, h->root), h, q->tx, &count);
     if (r != 0)
         return r;
     if (count == 0)
@@ -1074,6 +1088,22 @@ static int ext_fstat_id(struct req *q)
     return reply_u64s(q, v, sizeof(v) / sizeof(v[0]));
 }
 
+/* client-id@offload: u64 id. The client names itself (a random id of its own) so that the
+ * change hook can tell which client made a change: a change feed then tells that client's mount
+ * its own writes from everyone else's (docs/feed.md). 0 is refused. */
+static int ext_client_id(struct req *q)
+{
+    uint64_t id;
+    int r;
+
+    if ((r = buf_get_u64(q->in, &id)) != 0)
+        return r;
+    if (id == 0)
+        return -EINVAL;
+    q->s->client = id;
+    return reply_status(q, 0);
+}
+
 /* Announced in VERSION in this order, and looked up by name for EXTENDED. */
 static const struct extension {
     const char *name, *version;
@@ -1087,6 +1117,7 @@ static const struct extension {
     {"limits@openssh.com", "1", ext_limits},
     {"lsetstat@openssh.com", "1", ext_lsetstat},
     {"fstat-id@offload", "1", ext_fstat_id},
+    {"client-id@offload", "1", ext_client_id},
 };
 
 static int do_extended(struct req *q)
@@ -1121,8 +1152,18 @@ static int dispatch(sfs_t *s, uint8_t type, uint32_t id, struct buf *payload, st
     struct req q = {.s = s, .id = id, .in = payload, .tx = tx};
     size_t mark = buf_avail(tx);
     int r;
+    /* the requests that may change something: the hook hears of them before they start, so
+     * that it can tell a change it has not been told of yet is on the way */
+    bool may_change = s->change && (type == SFC_OPEN || type == SFC_WRITE || type == SFC_SETSTAT ||
+                                    type == SFC_FSETSTAT || type == SFC_REMOVE ||
+                                    type == SFC_MKDIR || type == SFC_RMDIR || type == SFC_RENAME ||
+                                    type == SFC_SYMLINK || type == SFC_EXTENDED);
 
+    if (may_change)
+        s->change(s->change_arg, s->client, SFS_BEGIN, 0, NULL, NULL);
     r = handlers[type] ? handlers[type](&q) : -EOPNOTSUPP;
+    if (may_change)
+        s->change(s->change_arg, s->client, SFS_END, 0, NULL, NULL);
     if (r == 0)
         return 0;
     sfc_put_cancel(tx, mark); /* whatever the handler had begun */

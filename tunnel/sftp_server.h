@@ -52,6 +52,7 @@
 #define OFFLOAD_SFTP_SERVER_H
 
 #include <stddef.h>
+#include <sys/stat.h>
 
 #include "buf.h"
 #include "confine.h"
@@ -69,12 +70,20 @@ struct sfs_root {
 
 typedef struct sfs sfs_t;
 
-/* Called after each change (OPEN with CREAT or TRUNC, a WRITE that wrote something, SETSTAT,
- * FSETSTAT, lsetstat, REMOVE, MKDIR, RMDIR, RENAME and posix-rename (once for each name), SYMLINK,
- * hardlink (the new name)) with the root's index in the array given to sfs_new and the cleaned path
- * beneath it ("." for the root itself). Runs on the thread calling sfs_process, before the reply is
- * queued; rel_path is valid during the call only. */
-typedef void (*sfs_change_fn)(void *arg, size_t root_index, const char *rel_path);
+/* The change hook. For every request that may change something (OPEN, WRITE, SETSTAT, FSETSTAT,
+ * REMOVE, MKDIR, RMDIR, RENAME, SYMLINK, EXTENDED): SFS_BEGIN before it is carried out and
+ * SFS_END after (root, rel_path and st unused). In between, SFS_CHANGED after each change (OPEN
+ * with CREAT or TRUNC, a WRITE that wrote something, SETSTAT, FSETSTAT, lsetstat, REMOVE, MKDIR,
+ * RMDIR, RENAME and posix-rename (once for each name), SYMLINK, hardlink (the new name)) with the
+ * root's index in the array given to sfs_new, the cleaned path beneath it ("." for the root
+ * itself), and what the change left: the stat of the file changed (for a handle, of the open
+ * file, whatever its name is now), or NULL when the path names nothing any more. Every call has
+ * the id the client gave itself with client-id@offload (0 when it gave none). Runs on the thread
+ * calling sfs_process, before the reply is queued; rel_path and st are valid during the call
+ * only. */
+enum sfs_phase { SFS_BEGIN, SFS_CHANGED, SFS_END };
+typedef void (*sfs_change_fn)(void *arg, uint64_t client, enum sfs_phase phase, size_t root_index,
+                              const char *rel_path, const struct stat *st);
 
 /* A server for 'nroots' roots (the names are copied; the cf roots are not owned). Returns 0 and
  * stores it in *out (freed with sfs_free), -EINVAL for no roots, a NULL root or a bad or repeated

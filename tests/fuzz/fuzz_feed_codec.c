@@ -52,6 +52,8 @@ static void same_msg(const struct feed_msg *a, const struct feed_msg *b)
     case FEED_SNAP_END:
     case FEED_BATCH_END:
     case FEED_ACK:
+    case FEED_CLIENT:
+    case FEED_OWN:
         CHECK(a->u.generation == b->u.generation);
         break;
     case FEED_ENTRY: {

@@ -245,9 +245,14 @@ static int fds_into_dir(void)
     return n;
 }
 
-static void on_change(void *arg, size_t root, const char *rel)
+static void on_change(void *arg, uint64_t client, enum sfs_phase phase, size_t root,
+                      const char *rel, const struct stat *st)
 {
     (void)arg;
+    (void)st;
+    if (phase != SFS_CHANGED)
+        return;
+    (void)client;
     (void)rel;
     CHECK(root == 0); /* only rw/ may change */
     dirty = 1;

@@ -109,6 +109,8 @@ static void expect_msg_eq(const struct feed_msg *want, const struct feed_msg *go
     case FEED_SNAP_BEGIN:
     case FEED_BATCH_END:
     case FEED_ACK:
+    case FEED_CLIENT:
+    case FEED_OWN:
         ck_assert_uint_eq(got->u.generation, want->u.generation);
         break;
     case FEED_SNAP_END:
@@ -308,6 +310,10 @@ static size_t sample_msgs(struct feed_msg *m)
     m[n++].u.path.path = "src/main.c";
     m[n].type = FEED_DROP;
     m[n++].u.path.path = "src/main.c";
+    m[n].type = FEED_CLIENT;
+    m[n++].u.generation = 0x0123456789abcdefULL;
+    m[n].type = FEED_OWN;
+    m[n++].u.generation = 1;
     m[n].type = FEED_ERROR;
     m[n].u.error.err = ENOENT;
     m[n++].u.error.message = "unknown root '/nope'";
@@ -369,7 +375,7 @@ START_TEST(test_hello_roundtrip)
     feed_enc_init(&e);
     dec_init(&d, BLOCK);
     buf_init(&b, BUF_MAX);
-    ck_assert_int_eq(feed_put_hello(&e, &b, 65536, "/proj", "offload 0.1"), 0);
+    ck_assert_int_eq(feed_put_hello(&e, &b, 65536, 0, "/proj", "offload 0.1"), 0);
     len = (uint32_t)buf_avail(&b) - 4;
     expect_get_ok(&d, &b, &m, "hello");
     ck_assert_int_eq(m.type, FEED_HELLO);
@@ -969,7 +975,7 @@ START_TEST(test_put_refuses_wrong_type)
     EXPECT_PUT_FAILS(-EINVAL, feed_put_u64msg(&e, &b, FEED_REMOVE, 1), &b, &e);
     EXPECT_PUT_FAILS(-EINVAL, feed_put_path(&e, &b, FEED_ACK, "a"), &b, &e);
     EXPECT_PUT_FAILS(-EINVAL, feed_put(&e, &b, &m), &b, &e);
-    m.type = FEED_ERROR + 1;
+    m.type = FEED_OWN + 1;
     EXPECT_PUT_FAILS(-EINVAL, feed_put(&e, &b, &m), &b, &e);
     m.type = (enum feed_type)255;
     EXPECT_PUT_FAILS(-EINVAL, feed_put(&e, &b, &m), &b, &e);
@@ -986,11 +992,11 @@ START_TEST(test_put_refuses_over_long_string)
 
     feed_enc_init(&e);
     buf_init(&b, BUF_MAX);
-    EXPECT_PUT_FAILS(-EINVAL, feed_put_hello(&e, &b, BLOCK, s, "sw"), &b, &e);
-    EXPECT_PUT_FAILS(-EINVAL, feed_put_hello(&e, &b, BLOCK, "/r", s), &b, &e);
+    EXPECT_PUT_FAILS(-EINVAL, feed_put_hello(&e, &b, BLOCK, 0, s, "sw"), &b, &e);
+    EXPECT_PUT_FAILS(-EINVAL, feed_put_hello(&e, &b, BLOCK, 0, "/r", s), &b, &e);
     EXPECT_PUT_FAILS(-EINVAL, feed_put_entry(&e, &b, &en), &b, &e);
     EXPECT_PUT_FAILS(-EINVAL, feed_put_error(&e, &b, EIO, s), &b, &e);
-    EXPECT_PUT_FAILS(-EINVAL, feed_put_hello(&e, &b, BLOCK, NULL, "sw"), &b, &e);
+    EXPECT_PUT_FAILS(-EINVAL, feed_put_hello(&e, &b, BLOCK, 0, NULL, "sw"), &b, &e);
     EXPECT_PUT_FAILS(-EINVAL, feed_put_error(&e, &b, EIO, NULL), &b, &e);
     s[FEED_STRING_MAX] = '\0'; /* at the limit: accepted */
     ck_assert_int_eq(feed_put_error(&e, &b, EIO, s), 0);
@@ -1129,7 +1135,7 @@ START_TEST(test_get_shortest_frame_is_short_payload)
 {
     struct buf b;
 
-    for (uint8_t t = FEED_HELLO; t <= FEED_ERROR; t++) {
+    for (uint8_t t = FEED_HELLO; t <= FEED_OWN; t++) {
         buf_init(&b, BUF_MAX);
         raw_frame(&b, t, NULL, 0); /* len 13: framing passes, no type has an empty payload */
         expect_frame_fatal(&b, BLOCK, "short payload", feed_type_name(t));
@@ -1264,7 +1270,7 @@ END_TEST
 
 START_TEST(test_get_unknown_type_fatal)
 {
-    static const uint8_t types[] = {0, FEED_ERROR + 1, 200, 255};
+    static const uint8_t types[] = {0, FEED_OWN + 1, 200, 255};
     static const uint8_t payload[8] = {0};
     struct buf b;
 
@@ -1836,14 +1842,14 @@ END_TEST
 
 START_TEST(test_type_names)
 {
-    static const char *names[] = {NULL,     "HELLO",  "SNAP_BEGIN", "ENTRY", "SNAP_END",
-                                  "REMOVE", "RENAME", "HASHES",     "DATA",  "BATCH_END",
-                                  "ACK",    "HOLD",   "DROP",       "ERROR"};
+    static const char *names[] = {
+        NULL,   "HELLO",     "SNAP_BEGIN", "ENTRY", "SNAP_END", "REMOVE", "RENAME", "HASHES",
+        "DATA", "BATCH_END", "ACK",        "HOLD",  "DROP",     "ERROR",  "CLIENT", "OWN"};
 
-    for (int t = FEED_HELLO; t <= FEED_ERROR; t++)
+    for (int t = FEED_HELLO; t <= FEED_OWN; t++)
         ck_assert_str_eq(feed_type_name((enum feed_type)t), names[t]);
     ck_assert_str_eq(feed_type_name((enum feed_type)0), "unknown");
-    ck_assert_str_eq(feed_type_name((enum feed_type)14), "unknown");
+    ck_assert_str_eq(feed_type_name((enum feed_type)16), "unknown");
     ck_assert_str_eq(feed_type_name((enum feed_type) - 1), "unknown");
 }
 END_TEST

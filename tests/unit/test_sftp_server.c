@@ -65,6 +65,7 @@ static char rep_msg[256];
 #define HOOKS_MAX 32
 static struct {
     size_t root;
+    uint64_t client;
     char path[PATH_MAX];
 } hooks[HOOKS_MAX];
 static size_t nhooks;
@@ -530,11 +531,16 @@ static void expect_realpath(const char *path, const char *want)
     expect_one_name(want, what);
 }
 
-static void hook(void *arg, size_t root, const char *rel)
+static void hook(void *arg, uint64_t client, enum sfs_phase phase, size_t root, const char *rel,
+                 const struct stat *st)
 {
     (void)arg;
+    (void)st;
+    if (phase != SFS_CHANGED)
+        return;
     ck_assert_uint_lt(nhooks, HOOKS_MAX);
     hooks[nhooks].root = root;
+    hooks[nhooks].client = client;
     snprintf(hooks[nhooks].path, sizeof(hooks[nhooks].path), "%s", rel);
     nhooks++;
 }
@@ -674,6 +680,7 @@ START_TEST(test_init_replies_version_3_with_extensions)
         {"fstatvfs@openssh.com", "2"},     {"hardlink@openssh.com", "1"},
         {"fsync@openssh.com", "1"},        {"limits@openssh.com", "1"},
         {"lsetstat@openssh.com", "1"},     {"fstat-id@offload", "1"},
+        {"client-id@offload", "1"},
     };
     uint8_t init[] = {0, 0, 0, 5, SFC_INIT, 0, 0, 0, 3};
     char name[64], value[16];
@@ -1687,9 +1694,28 @@ START_TEST(test_change_hook_reports_changes)
                   sizeof(want) / sizeof(want[0]), nhooks);
     for (size_t i = 0; i < nhooks; i++) {
         ck_assert_uint_eq(hooks[i].root, 0);
+        ck_assert_uint_eq(hooks[i].client, 0); /* it gave no id */
         ck_assert_msg(strcmp(hooks[i].path, want[i]) == 0, "change %zu: expected '%s', got '%s'", i,
                       want[i], hooks[i].path);
     }
+}
+END_TEST
+
+/* client-id@offload: the id reaches the hook with every later change; 0 is refused. */
+START_TEST(test_client_id_reaches_the_change_hook)
+{
+    struct tun_sftp_attr none = {0};
+
+    sfs_set_change_hook(srv, hook, NULL);
+    run(put_req(SFC_EXTENDED, "sq", "client-id@offload", (uint64_t)0));
+    expect_status(SFC_FAILURE, "client-id 0");
+    run(put_req(SFC_EXTENDED, "sq", "client-id@offload", (uint64_t)0x1234567890abcdefULL));
+    expect_status(SFC_OK, "client-id");
+    run(put_req(SFC_MKDIR, "sa", "/proj/by-client", &none));
+    expect_status(SFC_OK, "MKDIR");
+    ck_assert_uint_eq(nhooks, 1);
+    ck_assert_uint_eq(hooks[0].client, 0x1234567890abcdefULL);
+    ck_assert_str_eq(hooks[0].path, "by-client");
 }
 END_TEST
 
@@ -2172,6 +2198,7 @@ static Suite *sftp_server_suite(void)
     tcase_add_test(tc, test_fstat_id_tells_the_inode);
     tcase_add_test(tc, test_lsetstat_sets_times_on_link_itself);
     tcase_add_test(tc, test_change_hook_reports_changes);
+    tcase_add_test(tc, test_client_id_reaches_the_change_hook);
 
     tc = tcase(s, "handles", setup);
     tcase_add_test(tc, test_bad_handles_fail_cleanly);
