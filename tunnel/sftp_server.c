@@ -1159,11 +1159,13 @@ static int dispatch(sfs_t *s, uint8_t type, uint32_t id, struct buf *payload, st
                                     type == SFC_MKDIR || type == SFC_RMDIR || type == SFC_RENAME ||
                                     type == SFC_SYMLINK || type == SFC_EXTENDED);
 
+    uint64_t client = s->client; /* END pairs with BEGIN, also when the request names us */
+
     if (may_change)
-        s->change(s->change_arg, s->client, SFS_BEGIN, 0, NULL, NULL);
+        s->change(s->change_arg, client, SFS_BEGIN, 0, NULL, NULL);
     r = handlers[type] ? handlers[type](&q) : -EOPNOTSUPP;
     if (may_change)
-        s->change(s->change_arg, s->client, SFS_END, 0, NULL, NULL);
+        s->change(s->change_arg, client, SFS_END, 0, NULL, NULL);
     if (r == 0)
         return 0;
     sfc_put_cancel(tx, mark); /* whatever the handler had begun */

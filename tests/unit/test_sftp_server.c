@@ -69,6 +69,7 @@ static struct {
     char path[PATH_MAX];
 } hooks[HOOKS_MAX];
 static size_t nhooks;
+static long open_by_unnamed, open_by_named; /* BEGINs less ENDs, by clients with and without id */
 
 /* a handle as the server gave it */
 struct hnd {
@@ -536,8 +537,10 @@ static void hook(void *arg, uint64_t client, enum sfs_phase phase, size_t root, 
 {
     (void)arg;
     (void)st;
-    if (phase != SFS_CHANGED)
+    if (phase != SFS_CHANGED) {
+        *(client ? &open_by_named : &open_by_unnamed) += phase == SFS_BEGIN ? 1 : -1;
         return;
+    }
     ck_assert_uint_lt(nhooks, HOOKS_MAX);
     hooks[nhooks].root = root;
     hooks[nhooks].client = client;
@@ -573,6 +576,7 @@ static void make_server(void)
     buf_reset(&tx);
     next_id = 0;
     nhooks = 0;
+    open_by_unnamed = open_by_named = 0;
 }
 
 static void new_server(void)
@@ -1716,6 +1720,9 @@ START_TEST(test_client_id_reaches_the_change_hook)
     ck_assert_uint_eq(nhooks, 1);
     ck_assert_uint_eq(hooks[0].client, 0x1234567890abcdefULL);
     ck_assert_str_eq(hooks[0].path, "by-client");
+    /* every BEGIN has its END, with the same id (also for the request that gave the id) */
+    ck_assert_int_eq(open_by_unnamed, 0);
+    ck_assert_int_eq(open_by_named, 0);
 }
 END_TEST
 
