@@ -127,6 +127,7 @@ enum stmt {
     S_ALIAS_INSERT,
     S_ALIASES,
     S_ALIAS_COUNT,
+    S_HAS_ALIASES,
     S_NLINK_ADD,
     S_CHECK_ALIASES,
     S_FILE_LISTED,
@@ -211,6 +212,8 @@ static const struct {
                    "ORDER BY id"},
     [S_ALIAS_COUNT] = {"count hard link rows of file",
                        "SELECT COUNT(*) FROM files WHERE alias = ?1 AND alias != 0"},
+    [S_HAS_ALIASES] = {"look for hard link rows",
+                       "SELECT EXISTS (SELECT 1 FROM files WHERE alias != 0)"},
     [S_NLINK_ADD] = {"change link count",
                      "UPDATE files SET nlink = MAX(1, nlink + ?2), ctime_ns = ?3 WHERE id = ?1"},
     [S_CHECK_ALIASES] = {"check hard link rows",
@@ -322,7 +325,8 @@ struct idx {
     size_t pins_cap, pins_used; /* protected by lock */
     uint64_t pins_lost;         /* pins not recorded for want of memory; protected by lock */
     struct gone_call *gone;     /* deletions waiting for the batch's commit; protected by lock */
-    size_t gone_n, gone_cap;    /* protected by lock */
+    bool aliases; /* some row may be a hard link (else their queries are skipped); by lock */
+    size_t gone_n, gone_cap; /* protected by lock */
 };
 
 /* Log a failed SQLite call once and turn it into a negative errno. */
@@ -888,9 +892,12 @@ static int delete_rows(idx_t *idx, enum stmt s, void (*gone)(void *, int64_t, ui
                 break;
             continue;
         }
-        if ((r = promote_alias(idx, rows[i].id, rows, n)) < 0)
+        int moved = idx->aliases ? promote_alias(idx, rows[i].id, rows, n) : 0;
+        if (moved < 0) {
+            r = moved;
             break;
-        if (r == 1)
+        }
+        if (moved == 1)
             continue;
         if ((r = drop_blocks_locked(idx, rows[i].id)) < 0)
             break;
@@ -1077,6 +1084,9 @@ int idx_open(const char *path, idx_t **out)
     if ((r = query_i64(idx, S_MAX_TICK, &v)) < 0)
         goto out;
     idx->tick = (uint64_t)v;
+    if ((r = query_i64(idx, S_HAS_ALIASES, &v)) < 0)
+        goto out;
+    idx->aliases = v != 0;
     *out = idx;
     idx = NULL;
 out:
@@ -1279,7 +1289,7 @@ static int put_existing(idx_t *idx, struct idx_file *row, const struct idx_file 
     row->row = old->id;
     if (row->list_time_ns == 0)
         row->list_time_ns = old->list_time_ns;
-    if (!S_ISDIR(row->mode)) {
+    if (idx->aliases && !S_ISDIR(row->mode)) {
         /* hard link rows count: a source that does not know of them (SFTP v3 has no nlink)
          * cannot take the count below them */
         int64_t links;
@@ -1608,6 +1618,7 @@ int idx_link(idx_t *idx, int64_t id, int64_t parent, const char *name, int64_t n
     }
     if (r == 0) {
         sqlite3_stmt *st = idx->st[S_ALIAS_INSERT];
+        idx->aliases = true;
         sqlite3_bind_int64(st, 1, parent);
         sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 3, f.mode);

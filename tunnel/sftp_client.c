@@ -1036,6 +1036,64 @@ int tun_sftp_op_async(tun_sftp_t *s, const struct tun_sftp_op *op, tun_sftp_stat
     return err;
 }
 
+struct open_ctx {
+    tun_sftp_t *s;
+    tun_sftp_open_cb done;
+    void *arg;
+};
+
+static void open_done(struct req *r, int err, uint8_t type, struct buf *payload)
+{
+    struct open_ctx *c = r->arg;
+    struct tun_sftp_handle h = {0};
+    const uint8_t *p;
+    uint32_t n;
+
+    if (err == 0 && type == SFC_HANDLE) {
+        if (buf_get_string(payload, &p, &n) != 0 || n == 0 || n > TUN_SFTP_HANDLE_MAX) {
+            err = -EIO;
+        } else {
+            memcpy(h.data, p, n);
+            h.len = n;
+            pthread_mutex_lock(&c->s->lock);
+            h.gen = c->s->gen; /* the connection that answered */
+            pthread_mutex_unlock(&c->s->lock);
+        }
+    } else if (err == 0) {
+        err = type == SFC_STATUS ? (parse_status(payload) ?: -EIO) : -EIO;
+    }
+    c->done(c->arg, err, err ? NULL : &h);
+    free(c);
+}
+
+int tun_sftp_open_async(tun_sftp_t *s, const char *path, uint32_t pflags,
+                        const struct tun_sftp_attr *create_attrs, tun_sftp_open_cb done, void *arg)
+{
+    struct tun_sftp_attr none = {0};
+    struct open_ctx *c;
+    struct req *r;
+    int err;
+
+    if ((err = path_req(SFC_OPEN, path, &r)) != 0)
+        return err;
+    r->kind = REQ_STREAM;
+    if (buf_put_u32(&r->pkt, pflags) != 0 ||
+        sfc_put_attr(&r->pkt, create_attrs ? create_attrs : &none) != 0) {
+        req_free(r);
+        return -ENAMETOOLONG;
+    }
+    if ((c = malloc(sizeof(*c))) == NULL) {
+        req_free(r);
+        return -ENOMEM;
+    }
+    *c = (struct open_ctx){s, done, arg};
+    if ((err = submit(s, r, open_done, c)) != 0) {
+        free(c);
+        req_free(r);
+    }
+    return err;
+}
+
 int tun_sftp_write_async(tun_sftp_t *s, const struct tun_sftp_handle *h, uint64_t off,
                          const void *data, uint32_t len, tun_sftp_status_cb done, void *arg)
 {

@@ -183,6 +183,8 @@ int tun_sftp_fstat_id_async(tun_sftp_t *s, const struct tun_sftp_handle *h, tun_
  * above), or -ESHUTDOWN from tun_sftp_stop. It must be quick and must not call the synchronous
  * functions; it may queue more stream requests and may call tun_sftp_resume. */
 typedef void (*tun_sftp_status_cb)(void *arg, int err);
+/* An open's outcome: the handle (valid during the call only; copy it) when err is 0. */
+typedef void (*tun_sftp_open_cb)(void *arg, int err, const struct tun_sftp_handle *h);
 
 /* Queue a WRITE of len bytes (len <= tun_sftp_write_max(s)) at off on h. The data is copied now:
  * the caller's buffer may be reused at once. Any thread, including from a done() callback.
@@ -191,6 +193,13 @@ typedef void (*tun_sftp_status_cb)(void *arg, int err);
  * also halts the stream), -ESHUTDOWN or -ENOMEM when not queued (done() is not called). */
 int tun_sftp_write_async(tun_sftp_t *s, const struct tun_sftp_handle *h, uint64_t off,
                          const void *data, uint32_t len, tun_sftp_status_cb done, void *arg);
+
+/* Queue an OPEN of path with SFC_FXF_* pflags on the ordered stream (create_attrs as for
+ * tun_sftp_open_flags); done() gets the handle. Returns and calls done() as tun_sftp_write_async
+ * does. Requests queued after it may use the handle only once done() has it, but requests on
+ * other files need not wait: the server opens the file in stream order. */
+int tun_sftp_open_async(tun_sftp_t *s, const char *path, uint32_t pflags,
+                        const struct tun_sftp_attr *create_attrs, tun_sftp_open_cb done, void *arg);
 
 /* One write-side request for tun_sftp_op_async. Fields not named for a type are ignored. */
 enum tun_sftp_op_type {
