@@ -58,26 +58,18 @@ struct strset {
     size_t cap, used;
 };
 
-/* What SFTP clients' changes left (the endpoint's change hook): per file (by inode) its last
- * OWN_STATES states, per path that a change left empty that it did. The watcher reports a path
- * some time after it changed, when it may have changed again: a state it finds there that one
- * of a client's changes left is that client's own. A change made on the laptop leaves a state
- * (an mtime in ns, an inode) that no client made. */
-#define OWN_SLOTS   8192
+/* What SFTP clients' changes left (the endpoint's change hook): every state of a file one of
+ * them left (inode, type and mode, size, mtime in ns), and every path one of them left empty,
+ * for OWN_KEEP_NS. The watcher reports a path some time after it changed, when it may have
+ * changed again: a state it finds there that a client's change left is that client's own. A
+ * change made on the laptop leaves a state (an mtime in ns) that no client made. */
+#define OWN_SLOTS   65536
 #define OWN_PROBE   16
-#define OWN_STATES  8
 #define OWN_KEEP_NS (120LL * 1000000000)
-struct own_state {
-    uint32_t mode;
-    uint64_t size;
-    int64_t mtime_ns;
-};
 struct own_rec {
-    uint64_t key; /* own_key_ino or own_key_path; 0: free */
+    uint64_t key; /* own_key_state or own_key_path; 0: free */
     uint64_t client;
     int64_t t;
-    unsigned n; /* states recorded (the last OWN_STATES kept); none for a path left empty */
-    struct own_state s[OWN_STATES];
 };
 
 struct fa_export {
@@ -294,9 +286,10 @@ static void set_rename(struct strset *s, const char *from, const char *to)
 static int64_t ts_ns(struct timespec t);
 static int64_t now_ns(void);
 
-static uint64_t own_key_ino(uint64_t dev, uint64_t ino)
+static uint64_t own_key_state(uint64_t dev, uint64_t ino, uint32_t mode, uint64_t size,
+                              int64_t mtime_ns)
 {
-    uint64_t v[2] = {dev, ino};
+    uint64_t v[5] = {dev, ino, mode, size, (uint64_t)mtime_ns};
     return XXH3_64bits(v, sizeof(v)) | 1; /* never 0, the free slot */
 }
 
@@ -338,17 +331,14 @@ void fa_note_change(void *arg, uint64_t client, enum sfs_phase phase, size_t roo
     if (root >= fa->nex || strcmp(rel, ".") == 0)
         return;
     struct fa_export *ex = &fa->ex[root];
-    uint64_t key = st ? own_key_ino(st->st_dev, st->st_ino) : own_key_path(rel);
+    uint64_t key = st ? own_key_state(st->st_dev, st->st_ino, st->st_mode, (uint64_t)st->st_size,
+                                      ts_ns(st->st_mtim))
+                      : own_key_path(rel);
     int64_t now = now_ns();
     bool found;
     pthread_mutex_lock(&fa->lock);
     struct own_rec *r = own_slot(ex, key, now, &found);
-    if (!found || r->client != client)
-        *r = (struct own_rec){.key = key, .client = client};
-    r->t = now;
-    if (st)
-        r->s[r->n++ % OWN_STATES] =
-            (struct own_state){st->st_mode, (uint64_t)st->st_size, ts_ns(st->st_mtim)};
+    *r = (struct own_rec){.key = key, .client = client, .t = now};
     pthread_mutex_unlock(&fa->lock);
 }
 
@@ -356,15 +346,14 @@ void fa_note_change(void *arg, uint64_t client, enum sfs_phase phase, size_t roo
 static uint64_t own_client(fa_t *fa, struct fa_export *ex, const char *rel,
                            const struct idx_file *f)
 {
-    uint64_t key = f ? own_key_ino(f->dev, f->ino) : own_key_path(rel), client = 0;
+    uint64_t key = f ? own_key_state(f->dev, f->ino, f->mode, f->size, f->mtime_ns)
+                     : own_key_path(rel),
+             client = 0;
     bool found;
     pthread_mutex_lock(&fa->lock);
     const struct own_rec *r = own_slot(ex, key, now_ns(), &found);
-    if (found && !f)
+    if (found)
         client = r->client;
-    for (unsigned k = 0; found && f && k < r->n && k < OWN_STATES && !client; k++)
-        if (r->s[k].mode == f->mode && r->s[k].size == f->size && r->s[k].mtime_ns == f->mtime_ns)
-            client = r->client;
     pthread_mutex_unlock(&fa->lock);
     return client;
 }
@@ -928,6 +917,19 @@ static void tag_own(fa_t *fa, struct fa_export *ex, struct batch *b)
         struct op *o = &b->v[i];
         if (o->kind == OP_ENTRY) {
             o->client = own_client(fa, ex, o->path, &o->f);
+            struct stat st;
+            if (!o->client && S_ISREG(o->f.mode) && cf_lstat(ex->r->root, o->path, &st) == 0 &&
+                (st.st_ino != o->f.ino || (uint64_t)st.st_size != o->f.size ||
+                 ts_ns(st.st_mtim) != o->f.mtime_ns)) {
+                /* seen in the middle of a change that has gone on since: if that change was a
+                 * client's, so was this passing state */
+                struct idx_file now = {.mode = st.st_mode,
+                                       .size = (uint64_t)st.st_size,
+                                       .dev = st.st_dev,
+                                       .ino = st.st_ino,
+                                       .mtime_ns = ts_ns(st.st_mtim)};
+                o->client = own_client(fa, ex, o->path, &now);
+            }
         } else if (o->kind == OP_REMOVE) {
             o->client = own_client(fa, ex, o->path, NULL);
         } else if (o->kind == OP_RENAME) {

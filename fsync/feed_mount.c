@@ -293,23 +293,30 @@ void fm_wait_file(struct mountd *m, int64_t id)
 }
 
 /* Is this feed path (relative to the root) one we changed ourselves just now? */
-/* Is the change the feed reports for 'rel' our own (its echo), to be left alone? What an agent
- * that tags tagged OWN (the path still looks as one of our SFTP client's changes left it, however
- * late the agent reports it), any change to a file whose own changes are still journaled here
- * (they land after it: the local copy wins), and any path changed through the mount in the last
- * ECHO_WINDOW_NS. The last rule stays until an untagged change can be told foreign for sure:
- * the watcher may report a burst of our own changes as states no single change of ours left
- * (docs/writeback.md). */
-static bool echo(struct fm *fm, const char *rel)
+/* Is the change the feed reports for 'rel' our own (its echo), to be left alone?
+ * - With an agent that tags: what it tagged OWN (the path still looks as one of our SFTP
+ *   client's changes left it, however late the agent reports it), and any change to a file
+ *   whose own changes are still journaled here (they land after it: the local copy wins).
+ *   The content of a regular file ('file': an ENTRY) is foreign otherwise: a laptop edit right
+ *   after a container's write to the file is applied at once.
+ * - Anything else (folders, whose times every change inside moves, symlinks, REMOVE, RENAME),
+ *   and everything with an older agent: also any path changed through the mount in the last
+ *   ECHO_WINDOW_NS. The agent may report a burst of our changes late, against names that
+ *   changed again since here: replaying those on the newer state would undo it. */
+static bool echo(struct fm *fm, const char *rel, bool file)
 {
     char p[PATH_MAX + NAME_MAX + 2];
     struct idx_file f;
     uint64_t n = 0;
     if (!fm->m->writable)
         return false;
-    if (fm->tags && (fm->own || (*rel && idx_resolve(fm->m->idx, rel, &f) == 0 &&
-                                 idx_journal_count(fm->m->idx, f.id, INT64_MAX, &n) == 0 && n > 0)))
-        return true;
+    if (fm->tags) {
+        if (fm->own || (*rel && idx_resolve(fm->m->idx, rel, &f) == 0 &&
+                        idx_journal_count(fm->m->idx, f.id, INT64_MAX, &n) == 0 && n > 0))
+            return true;
+        if (file)
+            return false;
+    }
     snprintf(p, sizeof(p), "%s%s%s", fm->root, *rel ? "/" : "", rel);
     return md_recent_local(fm->m, p);
 }
@@ -317,7 +324,7 @@ static bool echo(struct fm *fm, const char *rel)
 /* Are the HASHES or DATA for 'rel' those of an ENTRY taken for an echo? */
 static bool echo_content(struct fm *fm, const char *rel)
 {
-    return (fm->tags && strcmp(rel, fm->echo_of) == 0) || echo(fm, rel);
+    return (fm->tags && strcmp(rel, fm->echo_of) == 0) || echo(fm, rel, true);
 }
 
 static int apply_entry(struct fm *fm, const struct feed_entry *e)
@@ -329,7 +336,7 @@ static int apply_entry(struct fm *fm, const struct feed_entry *e)
     int r;
 
     memset(&f, 0, sizeof(f));
-    if (!fm->in_snap && echo(fm, e->path)) {
+    if (!fm->in_snap && echo(fm, e->path, S_ISREG(e->mode))) {
         snprintf(fm->echo_of, sizeof(fm->echo_of), "%s", e->path);
         FS_STAT_ADD(&m->st, feed_echoes, 1);
         /* The echo of our own change: content and version stay ours. Its times are the source's
@@ -487,7 +494,7 @@ static int apply_remove(struct fm *fm, const char *path)
     if (!*path)
         return -EPROTO;
     pending_finish(fm);
-    if (echo(fm, path)) {
+    if (echo(fm, path, false)) {
         FS_STAT_ADD(&m->st, feed_echoes, 1);
         return 0;
     }
@@ -515,7 +522,7 @@ static int apply_rename(struct fm *fm, const char *from, const char *to)
     if (!*from || !*to)
         return -EPROTO;
     pending_finish(fm);
-    if (echo(fm, from) || echo(fm, to)) {
+    if (echo(fm, from, false) || echo(fm, to, false)) {
         FS_STAT_ADD(&m->st, feed_echoes, 1);
         return 0;
     }

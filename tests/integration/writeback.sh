@@ -70,8 +70,14 @@ for _ in $(seq 50); do [[ $(cat "$MNT2/both.txt" 2>/dev/null) == "written by the
 assert_eq "written by the container" "$(cat "$MNT2/both.txt" 2>&1)" "the container's write, in the second mount"
 for _ in $(seq 50); do (($(counter feed_echoes) > echoes0)) && break; sleep 0.1; done
 (($(counter feed_echoes) > echoes0)) || fail "the container's write never came back as its echo"
+# a laptop edit right after (well within the 5 s an older agent's echo window would cover)
+printf 'edited on the laptop!!!!\n' >"$SRC/both.txt" # same size
+for _ in $(seq 30); do [[ $(cat "$MNT/both.txt") == "edited on the laptop!!!!" ]] && break; sleep 0.1; done
+assert_eq "edited on the laptop!!!!" "$(cat "$MNT/both.txt")" "a laptop edit right after the container's write, in the mount"
+for _ in $(seq 30); do [[ $(cat "$MNT2/both.txt") == "edited on the laptop!!!!" ]] && break; sleep 0.1; done
+assert_eq "edited on the laptop!!!!" "$(cat "$MNT2/both.txt")" "the laptop edit, in the second mount"
 fusermount3 -u "$MNT2"
-pass "feed: a mount's write comes back to it as its echo and to a second mount as a change"
+pass "feed: own writes come back as echoes (OWN), to a second mount as changes; a laptop edit right after reaches both"
 mkdir -p "$MNT/fsx"
 "$FSX" --seed 7 --ops 2000 --check-dir "$SRC/fsx" "$MNT/fsx/a" "$MNT/fsx/b" "$MNT/fsx/c" >"$T/fsx.out" 2>&1 ||
 	fail "fsx on the mount: $(grep -v '^  #' "$T/fsx.out" | head -3)"
