@@ -79,8 +79,8 @@ struct fm {
     uint64_t batches, applied;
     struct md_reflection *rq; /* reflections of the open batch, made after its commit */
     size_t n_rq, cap_rq;
-    int64_t *keep; /* rows with journal rows: a snapshot must not prune them */
-    size_t n_keep, cap_keep;
+    int64_t *keep; /* rows written back lately: a snapshot must not prune them */
+    size_t n_keep;
 };
 
 /* --- held set and outgoing frames (any thread) --------------------------------------------- */
@@ -672,33 +672,14 @@ static int send_out(struct fm *fm)
     }
 }
 
-static int keep_id(struct fm *fm, int64_t file)
-{
-    if (fm->n_keep == fm->cap_keep) {
-        size_t cap = fm->cap_keep ? fm->cap_keep * 2 : 64;
-        int64_t *v = realloc(fm->keep, cap * sizeof(*v));
-        if (!v)
-            return -ENOMEM;
-        fm->keep = v;
-        fm->cap_keep = cap;
-    }
-    fm->keep[fm->n_keep++] = file;
-    return 0;
-}
-
-static void keep_written_back(void *arg, int64_t file)
-{
-    keep_id(arg, file);
-}
-
 /* Rows written back lately may not be in the source's snapshot yet (it may have been taken
  * before they landed there, and their echo is left alone, so nothing else would bring them):
  * remember them, to keep them from the snapshot's pruning. Rows not yet written back are kept by
  * the index itself (idx_prune_children spares files with journal rows). */
 static void collect_written_back(struct fm *fm)
 {
-    fm->n_keep = 0;
-    md_written_back_since(fm->m, md_wall_ns() - ECHO_WINDOW_NS * 6, keep_written_back, fm);
+    free(fm->keep);
+    fm->n_keep = md_written_back_since(fm->m, md_wall_ns() - ECHO_WINDOW_NS * 6, &fm->keep);
 }
 
 static int on_frame(struct fm *fm, const struct feed_msg *msg, uint64_t *ack)

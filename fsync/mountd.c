@@ -285,9 +285,11 @@ static int meta_put(struct mountd *m, struct idx_file *f)
         f->mtime_ns = old.mtime_ns;
     /* a file written back from here: the server's mtime is when our bytes landed, which may be
      * a second or two after ours; within that, the content is still ours and so is the version */
-    int64_t wb = same && S_ISREG(old.mode) ? md_written_back_at(m, old.id) : 0;
-    if (wb && llabs(f->mtime_ns - wb) <= 2000000000LL && f->mtime_ns != old.mtime_ns)
-        return idx_put_keep_version(m->idx, f);
+    if (same && S_ISREG(old.mode) && f->mtime_ns != old.mtime_ns) {
+        int64_t wb = md_written_back_at(m, old.id); /* a ring scan: only when the mtime moved */
+        if (wb && llabs(f->mtime_ns - wb) <= 2000000000LL)
+            return idx_put_keep_version(m->idx, f);
+    }
     int r = idx_put(m->idx, f);
 
     if (r == 1) {
@@ -562,37 +564,18 @@ static void *prefetch_main(void *arg)
     return NULL;
 }
 
-struct id_list {
-    int64_t *v;
-    size_t n, cap;
-};
-
-static void id_add(void *arg, int64_t id)
-{
-    struct id_list *l = arg;
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? l->cap * 2 : 64;
-        int64_t *v = realloc(l->v, cap * sizeof(*v));
-        if (!v)
-            return; /* at worst a row written back lately is fetched again */
-        l->v = v;
-        l->cap = cap;
-    }
-    l->v[l->n++] = id;
-}
-
 /* Children of 'dir' written back since 'since' may be missing from a listing taken while their
  * write-back was on the way: mark them seen at 'stamp' so the prune keeps them. (Children still
  * journaled are kept by the index itself.) */
 static void keep_written_back(struct mountd *m, int64_t dir, int64_t since, int64_t stamp)
 {
-    struct id_list l = {0};
+    int64_t *ids;
     struct idx_file f;
-    md_written_back_since(m, since, id_add, &l);
-    for (size_t i = 0; i < l.n; i++)
-        if (idx_get(m->idx, l.v[i], &f) == 0 && f.parent == dir && f.attr_time_ns < stamp)
+    size_t n = md_written_back_since(m, since, &ids);
+    for (size_t i = 0; i < n; i++)
+        if (idx_get(m->idx, ids[i], &f) == 0 && f.parent == dir && f.attr_time_ns < stamp)
             idx_touch_attr(m->idx, f.id, stamp);
-    free(l.v);
+    free(ids);
 }
 
 static int refresh_dir_once(struct mountd *m, int64_t dir, int depth)
@@ -2011,15 +1994,18 @@ int64_t md_written_back_at(struct mountd *m, int64_t file)
     return t;
 }
 
-void md_written_back_since(struct mountd *m, int64_t since, void (*cb)(void *, int64_t), void *arg)
+size_t md_written_back_since(struct mountd *m, int64_t since, int64_t **out)
 {
-    size_t n = sizeof(m->wback) / sizeof(m->wback[0]);
+    size_t n = sizeof(m->wback) / sizeof(m->wback[0]), k = 0;
+    if (!(*out = malloc(n * sizeof(**out))))
+        return 0; /* at worst a row written back lately is fetched again */
     pthread_mutex_lock(&m->recent_lock);
     size_t first = m->n_wback > n ? m->n_wback - n : 0;
     for (size_t i = first; i < m->n_wback; i++)
         if (m->wback[i % n].t >= since && m->wback[i % n].file)
-            cb(arg, m->wback[i % n].file);
+            (*out)[k++] = m->wback[i % n].file;
     pthread_mutex_unlock(&m->recent_lock);
+    return k;
 }
 
 bool md_recent_local(struct mountd *m, const char *path)

@@ -209,8 +209,9 @@ bool md_recent_local(struct mountd *m, const char *path);
 void md_note_written_back(struct mountd *m, int64_t file);
 /* When row 'file' last had a change written back (wall ns), if the ring still holds it; else 0. */
 int64_t md_written_back_at(struct mountd *m, int64_t file);
-/* Call cb for every row written back at or after 'since' (wall ns). */
-void md_written_back_since(struct mountd *m, int64_t since, void (*cb)(void *, int64_t), void *arg);
+/* The rows written back at or after 'since' (wall ns): their ids in *out (free it), and how
+ * many. */
+size_t md_written_back_since(struct mountd *m, int64_t since, int64_t **out);
 int wb_start(struct mountd *m);
 void wb_stop(struct mountd *m);
 void wb_kick(struct mountd *m);
