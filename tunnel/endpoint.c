@@ -24,7 +24,10 @@
 #include <libssh/libssh.h>
 #include <libssh/server.h>
 
-#define RX_MAX       (8u << 20) /* bytes received on a channel and not yet handled */
+#define RX_MAX (16u << 20) /* bytes received on a channel and not yet handled */
+/* Receive window granted to an SFTP channel. libssh's own refill in callback mode stops at
+ * 1.28 MB, which caps a write burst at window/RTT (12 MB/s at 50 ms); see chan_grow. */
+#define RX_WINDOW    (8u << 20)
 #define OUT_HIGH     (4u << 20) /* stop handling SFTP requests while this much output waits */
 #define WRITE_CHUNK  (64u << 10)
 #define AUTH_TIMEOUT 30 /* seconds a client has to authenticate */
@@ -51,6 +54,7 @@ struct tun_ep_chan {
     const struct tun_ep_subsys *sub;
     void *sub_ctx;
     bool remote_closed, eof_sent, failed;
+    size_t rx_since_grow; /* bytes received since the window was last raised to RX_WINDOW */
 };
 
 struct ep_session {
@@ -200,6 +204,7 @@ static int on_data(ssh_session s, ssh_channel c, void *data, uint32_t len, int i
     size_t take = len < room ? len : room;
     if (take && buf_put(&ch->rx, data, take) != 0)
         take = 0;
+    ch->rx_since_grow += take;
     if (ch->kind == CH_SFTP) {
         sftp_run(ch);
     } else if (ch->kind == CH_SUBSYS) {
@@ -236,6 +241,7 @@ static int on_subsystem(ssh_session s, ssh_channel c, const char *name, void *us
         if (ep->o.on_change)
             sfs_set_change_hook(ch->sfs, ep->o.on_change, ep->o.change_arg);
         ch->kind = CH_SFTP;
+        ch->rx_since_grow = RX_WINDOW; /* grant the large window on the next loop */
         logf_(ep, "sftp subsystem started");
         return 0;
     }
@@ -348,6 +354,35 @@ static void chan_flush(struct tun_ep_chan *ch)
     }
 }
 
+/* Keep an SFTP channel's receive window near RX_WINDOW while its input keeps up. libssh grows a
+ * window beyond its 1.28 MB base only inside ssh_channel_read_timeout() asked for more than is
+ * buffered plus granted. So, with the data callback off for the call (no packet for this channel
+ * is consumed behind our back, and rx is not touched), read into rx's free tail: the read grants
+ * the window first, then moves whatever libssh holds for the channel, in order, into rx.
+ * Granted only when rx has room for a whole window: a slow disk still pushes back. */
+static void chan_grow(struct tun_ep_chan *ch)
+{
+    if (ch->kind != CH_SFTP || ch->failed || ch->remote_closed ||
+        ch->rx_since_grow < RX_WINDOW / 2 || RX_MAX - buf_avail(&ch->rx) < RX_WINDOW)
+        return;
+    uint8_t *tail;
+    if (buf_reserve(&ch->rx, RX_WINDOW, &tail) != 0)
+        return;
+    ch->cb.channel_data_function = NULL;
+    int n = ssh_channel_read_timeout(ch->channel, tail, RX_WINDOW, 0, 0);
+    ch->cb.channel_data_function = on_data;
+    ch->rx_since_grow = 0;
+    if (n == SSH_ERROR) {
+        ch->remote_closed = true;
+        return;
+    }
+    if (n > 0) {
+        buf_commit(&ch->rx, (size_t)n);
+        ch->rx_since_grow = (size_t)n;
+        sftp_run(ch);
+    }
+}
+
 static void chan_end(struct ep_session *ss, int slot)
 {
     struct tun_ep_chan *ch = ss->ch[slot];
@@ -402,8 +437,10 @@ static void session_loop(struct ep_session *ss)
             struct tun_ep_chan *ch = ss->ch[i];
             if (!ch)
                 continue;
-            if (ch->kind == CH_SFTP)
+            if (ch->kind == CH_SFTP) {
                 sftp_run(ch); /* requests held back while output was high */
+                chan_grow(ch);
+            }
             chan_flush(ch);
             if (ch->remote_closed || (ch->eof_sent && !ssh_channel_is_open(ch->channel)))
                 chan_end(ss, i);
