@@ -298,7 +298,8 @@ void fm_wait_file(struct mountd *m, int64_t id)
  *   client's changes left it, however late the agent reports it), and any change to a file
  *   whose own changes are still journaled here (they land after it: the local copy wins).
  *   The content of a regular file ('file': an ENTRY) is foreign otherwise: a laptop edit right
- *   after a container's write to the file is applied at once.
+ *   after a container's write to the file is applied at once. Not so for a name that is gone
+ *   here: that is judged by the window below, as names are.
  * - Anything else (folders, whose times every change inside moves, symlinks, REMOVE, RENAME),
  *   and everything with an older agent: also any path changed through the mount in the last
  *   ECHO_WINDOW_NS. The agent may report a burst of our changes late, against names that
@@ -311,10 +312,13 @@ static bool echo(struct fm *fm, const char *rel, bool file)
     if (!fm->m->writable)
         return false;
     if (fm->tags) {
-        if (fm->own || (*rel && idx_resolve(fm->m->idx, rel, &f) == 0 &&
-                        idx_journal_count(fm->m->idx, f.id, INT64_MAX, &n) == 0 && n > 0))
+        int found = *rel ? idx_resolve(fm->m->idx, rel, &f) : -ENOENT;
+        if (fm->own ||
+            (found == 0 && idx_journal_count(fm->m->idx, f.id, INT64_MAX, &n) == 0 && n > 0))
             return true;
-        if (file)
+        /* a name removed or renamed away here (not yet on the laptop) is judged by the window:
+         * a late report of its earlier state must not bring it back */
+        if (file && found == 0)
             return false;
     }
     snprintf(p, sizeof(p), "%s%s%s", fm->root, *rel ? "/" : "", rel);

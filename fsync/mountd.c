@@ -66,7 +66,8 @@ void md_queue_inval(struct mountd *m, fuse_ino_t ino)
         m->cap_inval = cap;
     }
     m->inval[m->n_inval++] = ino;
-    pthread_cond_broadcast(&m->bg_cond);
+    if (m->n_inval == 1 && m->n_inval_ent == 0)
+        pthread_cond_signal(&m->inval_cond); /* else it is awake already, draining */
     pthread_mutex_unlock(&m->bg_lock);
 }
 
@@ -86,7 +87,8 @@ void md_queue_inval_entry(struct mountd *m, fuse_ino_t parent, const char *name)
     m->inval_ent[m->n_inval_ent].parent = parent;
     snprintf(m->inval_ent[m->n_inval_ent].name, sizeof(m->inval_ent[0].name), "%s", name);
     m->n_inval_ent++;
-    pthread_cond_broadcast(&m->bg_cond);
+    if (m->n_inval_ent == 1 && m->n_inval == 0)
+        pthread_cond_signal(&m->inval_cond);
     pthread_mutex_unlock(&m->bg_lock);
 }
 
@@ -206,7 +208,7 @@ static void *invalidator_main(void *arg)
             continue;
         }
         if (m->n_inval == 0) {
-            pthread_cond_wait(&m->bg_cond, &m->bg_lock);
+            pthread_cond_wait(&m->inval_cond, &m->bg_lock);
             continue;
         }
         fuse_ino_t ino = m->inval[--m->n_inval];
@@ -495,7 +497,7 @@ static void queue_prefetch(struct mountd *m, const struct list_ctx *c, int depth
         m->pf[m->n_pf].depth = depth;
         m->n_pf++;
     }
-    pthread_cond_broadcast(&m->bg_cond);
+    pthread_cond_broadcast(&m->pf_cond);
     pthread_mutex_unlock(&m->bg_lock);
 }
 
@@ -551,7 +553,7 @@ static void *prefetch_main(void *arg)
             continue;
         }
         if (m->n_pf == 0) {
-            pthread_cond_wait(&m->bg_cond, &m->bg_lock);
+            pthread_cond_wait(&m->pf_cond, &m->bg_lock);
             continue;
         }
         struct pf_item it = m->pf[--m->n_pf]; /* newest first: near what was just read */
@@ -1804,7 +1806,7 @@ static void queue_siblings(struct mountd *m, struct ofile *of)
         }
         m->pf_files[m->n_pf_files++] = c->ids[i];
     }
-    pthread_cond_broadcast(&m->bg_cond);
+    pthread_cond_broadcast(&m->pf_cond);
     pthread_mutex_unlock(&m->bg_lock);
     free(c);
 }
@@ -2080,7 +2082,8 @@ static void touch_dir(struct mountd *m, int64_t dir, int64_t now, int subdirs)
             subdirs = 0;
         d.nlink = (uint32_t)((int)d.nlink + subdirs);
         idx_put_keep_version(m->idx, &d);
-        md_queue_inval(m, (fuse_ino_t)dir);
+        /* no invalidation: the kernel drops a folder's attributes itself when a change
+         * through the mount (create, unlink, rename, link) touches it */
     }
 }
 
@@ -2921,6 +2924,8 @@ static int open_cache(struct mountd *m)
         return r;
     }
     idx_set_exclusive(m->idx); /* mountd is the index's only user while mounted */
+    if ((r = idx_set_group_commit(m->idx, GROUP_COMMIT_MS)) != 0)
+        fprintf(stderr, "offload: index changes are committed one by one: %s\n", strerror(-r));
     if (idx_meta_get(m->idx, "remote", owner, sizeof(owner)) == 0 && strcmp(owner, want) != 0) {
         fprintf(stderr,
                 "offload: cache dir '%s' belongs to '%s', not '%s': give another "
@@ -2970,6 +2975,8 @@ int fs_mount_run(const struct fs_mount_opts *o, int ready_fd)
     pthread_mutex_init(&m->recent_lock, NULL);
     pthread_mutex_init(&m->bg_lock, NULL);
     pthread_cond_init(&m->bg_cond, NULL);
+    pthread_cond_init(&m->inval_cond, NULL);
+    pthread_cond_init(&m->pf_cond, NULL);
     pthread_cond_init(&m->done_cond, NULL);
     pthread_cond_init(&m->list_cond, NULL);
 
@@ -3126,6 +3133,8 @@ int fs_mount_run(const struct fs_mount_opts *o, int ready_fd)
     pthread_mutex_lock(&m->bg_lock);
     m->stopping = true;
     pthread_cond_broadcast(&m->bg_cond);
+    pthread_cond_broadcast(&m->inval_cond);
+    pthread_cond_broadcast(&m->pf_cond);
     pthread_mutex_unlock(&m->bg_lock);
     pthread_join(m->flusher, NULL);
     pthread_join(m->invalidator, NULL);

@@ -87,9 +87,11 @@ struct mountd {
     uint64_t of_tick;                  /* of_lock */
     bool no_open; /* the kernel can skip open/release: files are found by inode at read */
 
-    pthread_mutex_t bg_lock; /* protects the queues below and stopping */
-    pthread_cond_t bg_cond;
-    struct idx_block *pend; /* block rows waiting for the flusher */
+    pthread_mutex_t bg_lock;   /* protects the queues below and stopping */
+    pthread_cond_t bg_cond;    /* the block flusher's timer; stopping */
+    pthread_cond_t inval_cond; /* the invalidator: its queues went from empty to not; stopping */
+    pthread_cond_t pf_cond;    /* the prefetchers: work queued; stopping */
+    struct idx_block *pend;    /* block rows waiting for the flusher */
     size_t n_pend, cap_pend;
     int64_t *touch; /* files whose blocks were just used (LRU), batched */
     size_t n_touch, cap_touch;
@@ -197,7 +199,10 @@ int md_node_path(struct mountd *m, int64_t id, char *out, size_t len);
  * the call is acknowledged, and returns the first write-back error of that file not reported yet
  * (and forgets it), or -EIO when the time ran out (any thread but the sender). */
 #define WB_FSYNC_TIMEOUT_MS 60000
-#define ECHO_WINDOW_NS      (5LL * 1000000000) /* a feed change this close to our own is its echo */
+/* Index changes are committed in groups at most this old (docs/writeback.md, "Durability"): a
+ * commit per operation wrote ~45 WAL pages per file of a tar x */
+#define GROUP_COMMIT_MS 10
+#define ECHO_WINDOW_NS  (5LL * 1000000000) /* a feed change this close to our own is its echo */
 /* Note that the source path 'path' was changed through the mount (now, or acknowledged now). */
 void md_note_local(struct mountd *m, const char *path);
 /* Was the source path changed through the mount in the last ECHO_WINDOW_NS (or is a change of

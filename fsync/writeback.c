@@ -18,10 +18,11 @@
 #include <time.h>
 #include <unistd.h>
 
-#define WB_INFLIGHT 256 /* journal rows sent and not yet acknowledged */
-#define WB_HANDLES  64  /* write handles kept open, by file */
-#define WB_SCAN     64  /* rows taken from the journal at a time */
-#define WB_OPENING  32  /* files being created at once (their OPEN sent, no handle yet) */
+#define WB_INFLIGHT    256     /* journal rows sent and not yet acknowledged */
+#define WB_COALESCE_NS 1000000 /* wait after the first change of a burst, before the scan */
+#define WB_HANDLES     64      /* write handles kept open, by file */
+#define WB_SCAN        64      /* rows taken from the journal at a time */
+#define WB_OPENING     32      /* files being created at once (their OPEN sent, no handle yet) */
 
 /* One journal row in flight: it is done when all of its requests are answered. */
 struct wb_row {
@@ -516,8 +517,17 @@ static void *wb_main(void *arg)
             pthread_cond_timedwait(&wb->cond, &wb->lock, &ts);
         }
         bool stop = wb->stop && wb->inflight == 0;
-        wb->kicked = false;
+        bool idle_kick = wb->kicked && wb->inflight == 0 && !wb->done && !stop;
         size_t inflight = wb->inflight;
+        pthread_mutex_unlock(&wb->lock);
+        if (idle_kick) {
+            /* the first change after a quiet spell: let the ones right behind it (the rest of
+             * a tar x's file) join its scan, for one wake-up and one scan instead of several */
+            struct timespec d = {0, WB_COALESCE_NS};
+            nanosleep(&d, NULL);
+        }
+        pthread_mutex_lock(&wb->lock);
+        wb->kicked = false;
         pthread_mutex_unlock(&wb->lock);
         /* creates answered (or failed with the link) release the rows that waited for them */
         openings_finish(wb, stop || wb->halted);
@@ -574,8 +584,10 @@ void wb_kick(struct mountd *m)
     if (!wb)
         return;
     pthread_mutex_lock(&wb->lock);
-    wb->kicked = true;
-    pthread_cond_broadcast(&wb->cond);
+    if (!wb->kicked) { /* one wake-up for a run of changes: the scan takes them all */
+        wb->kicked = true;
+        pthread_cond_broadcast(&wb->cond);
+    }
     pthread_mutex_unlock(&wb->lock);
 }
 
@@ -593,6 +605,8 @@ int wb_wait(struct mountd *m, int64_t file, int timeout_ms)
     struct wb *wb = m->wb;
     if (!wb)
         return 0;
+    if (timeout_ms > 0)
+        idx_sync(m->idx); /* what the laptop will hold is kept here too, should mountd die */
     int64_t upto = idx_journal_last_seq(m->idx);
     struct timespec until;
     clock_gettime(CLOCK_REALTIME, &until);

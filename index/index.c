@@ -327,6 +327,14 @@ struct idx {
     struct gone_call *gone;     /* deletions waiting for the batch's commit; protected by lock */
     bool aliases; /* some row may be a hard link (else their queries are skipped); by lock */
     size_t gone_n, gone_cap; /* protected by lock */
+    /* group commit (idx_set_group_commit); all protected by lock */
+    int64_t group_ns; /* the window; 0: every outermost commit writes */
+    bool group_open;  /* a transaction holds finished, uncommitted changes */
+    int64_t group_t0; /* CLOCK_MONOTONIC ns of the group's first change */
+    size_t gone_mark; /* gone_n when the outermost batch began (its rollback drops the rest) */
+    bool flusher_on, flusher_stop;
+    pthread_t flusher;
+    pthread_cond_t group_cv; /* flusher: a group opened; idx_sync: depth came back to 0 */
 };
 
 /* Log a failed SQLite call once and turn it into a negative errno. */
@@ -472,11 +480,64 @@ static int batch_lost(void)
     return -EIO;
 }
 
+static void take_gone(idx_t *idx, struct gone_call **calls, size_t *n);
+
+static int64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Group commit: make sure the group's transaction is open (lock held, depth 0). */
+static int group_enter(idx_t *idx)
+{
+    int r;
+
+    if (!sqlite3_get_autocommit(idx->db))
+        return idx->group_open ? 0 : batch_lost();
+    if ((r = exec(idx, S_BEGIN)) < 0)
+        return r;
+    idx->group_open = true;
+    idx->group_t0 = mono_ns();
+    pthread_cond_broadcast(&idx->group_cv);
+    return 0;
+}
+
+/* Commit the open group (lock held, depth 0); its gone() calls move to *calls for the caller to
+ * run once the lock is released. A failed commit rolls the whole group back. */
+static int group_commit(idx_t *idx, struct gone_call **calls, size_t *n)
+{
+    int r;
+
+    *calls = NULL;
+    *n = 0;
+    if (!idx->group_open || idx->depth > 0)
+        return 0;
+    idx->group_open = false;
+    if ((r = exec(idx, S_COMMIT)) < 0) {
+        if (!sqlite3_get_autocommit(idx->db))
+            exec(idx, S_ROLLBACK);
+        fprintf(stderr,
+                "index: the changes of the last %lld ms could not be committed and are lost\n",
+                (long long)((mono_ns() - idx->group_t0) / 1000000));
+        idx->gone_n = 0;
+        resync(idx);
+        return r;
+    }
+    take_gone(idx, calls, n);
+    return 0;
+}
+
 /* Start a unit of writes that must apply whole; end it with op_end(). */
 static int op_begin(idx_t *idx)
 {
-    if (idx->depth == 0)
+    int r;
+
+    if (idx->depth == 0 && idx->group_ns == 0)
         return exec(idx, S_BEGIN);
+    if (idx->depth == 0 && (r = group_enter(idx)) < 0)
+        return r;
     if (sqlite3_get_autocommit(idx->db))
         return batch_lost();
     return exec(idx, S_SAVEPOINT);
@@ -486,14 +547,15 @@ static int op_begin(idx_t *idx)
 static int op_end(idx_t *idx, int r)
 {
     int rc;
+    bool whole = idx->depth == 0 && idx->group_ns == 0; /* the unit is the transaction */
 
     if (r >= 0) {
-        if ((rc = exec(idx, idx->depth > 0 ? S_RELEASE : S_COMMIT)) == 0)
+        if ((rc = exec(idx, whole ? S_COMMIT : S_RELEASE)) == 0)
             return r;
         r = rc;
     }
     if (!sqlite3_get_autocommit(idx->db)) {
-        if (idx->depth == 0) {
+        if (whole) {
             exec(idx, S_ROLLBACK);
         } else {
             exec(idx, S_ROLLBACK_TO);
@@ -923,7 +985,7 @@ static int delete_end(idx_t *idx, int r, size_t mark)
     r = op_end(idx, r);
     if (r < 0)
         idx->gone_n = mark;
-    else if (idx->depth == 0)
+    else if (idx->depth == 0 && !idx->group_open)
         take_gone(idx, &calls, &n);
     pthread_mutex_unlock(&idx->lock);
     run_gone(calls, n);
@@ -1045,6 +1107,11 @@ int idx_open(const char *path, idx_t **out)
         free(idx);
         return r;
     }
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&idx->group_cv, &ca);
+    pthread_condattr_destroy(&ca);
     rc = sqlite3_open_v2(path, &idx->db,
                          SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
     if (rc != SQLITE_OK) {
@@ -1062,8 +1129,9 @@ int idx_open(const char *path, idx_t **out)
     if (mode == NULL || strcmp(mode, "wal") != 0)
         fprintf(stderr, "index: cannot use wal for '%s', journal mode is '%s'\n", path,
                 mode != NULL ? mode : "");
-    if ((r = open_exec(idx, path, "set the pragmas of",
-                       "PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON")) < 0 ||
+    if ((r = open_exec(
+             idx, path, "set the pragmas of",
+             "PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON; PRAGMA temp_store=MEMORY")) < 0 ||
         (r = migrate(idx, path)) < 0)
         goto out;
     for (i = 0; i < S_COUNT; i++) {
@@ -1116,6 +1184,19 @@ void idx_close(idx_t *idx)
 
     if (idx == NULL)
         return;
+    if (idx->flusher_on) {
+        pthread_mutex_lock(&idx->lock);
+        idx->flusher_stop = true;
+        pthread_cond_broadcast(&idx->group_cv);
+        pthread_mutex_unlock(&idx->lock);
+        pthread_join(idx->flusher, NULL);
+    }
+    if (idx->group_open && idx->depth == 0) {
+        struct gone_call *calls;
+        size_t n;
+        group_commit(idx, &calls, &n);
+        run_gone(calls, n);
+    }
     if (idx->db != NULL && !sqlite3_get_autocommit(idx->db))
         sqlite3_exec(idx->db, "ROLLBACK", NULL, NULL, NULL);
     for (i = 0; i < S_COUNT; i++)
@@ -1123,9 +1204,86 @@ void idx_close(idx_t *idx)
     if (idx->db != NULL && sqlite3_close(idx->db) != SQLITE_OK)
         fprintf(stderr, "index: cannot close: %s\n", sqlite3_errmsg(idx->db));
     pthread_mutex_destroy(&idx->lock);
+    pthread_cond_destroy(&idx->group_cv);
     free(idx->pins);
     free(idx->gone);
     free(idx);
+}
+
+/* The group's committer when no batch comes to end it: at most group_ns after its first change. */
+static void *flusher_main(void *arg)
+{
+    idx_t *idx = arg;
+    struct gone_call *calls;
+    size_t n;
+
+    pthread_mutex_lock(&idx->lock);
+    while (!idx->flusher_stop) {
+        if (!idx->group_open) {
+            pthread_cond_wait(&idx->group_cv, &idx->lock);
+            continue;
+        }
+        int64_t now = mono_ns(), due = idx->group_t0 + idx->group_ns;
+        if (now < due || idx->depth > 0) {
+            /* a batch in progress commits the group itself at its end, once due */
+            int64_t until = now < due ? due : now + idx->group_ns;
+            struct timespec ts = {.tv_sec = until / 1000000000, .tv_nsec = until % 1000000000};
+            pthread_cond_timedwait(&idx->group_cv, &idx->lock, &ts);
+            continue;
+        }
+        group_commit(idx, &calls, &n);
+        pthread_mutex_unlock(&idx->lock);
+        run_gone(calls, n);
+        pthread_mutex_lock(&idx->lock);
+    }
+    pthread_mutex_unlock(&idx->lock);
+    return NULL;
+}
+
+int idx_set_group_commit(idx_t *idx, int window_ms)
+{
+    struct gone_call *calls = NULL;
+    size_t n = 0;
+    int r = 0;
+
+    if (window_ms < 0)
+        return -EINVAL;
+    pthread_mutex_lock(&idx->lock);
+    if (idx->depth > 0) {
+        pthread_mutex_unlock(&idx->lock);
+        return -EBUSY;
+    }
+    if (window_ms == 0)
+        r = group_commit(idx, &calls, &n);
+    idx->group_ns = (int64_t)window_ms * 1000000;
+    bool start = window_ms > 0 && !idx->flusher_on;
+    pthread_mutex_unlock(&idx->lock);
+    run_gone(calls, n);
+    if (start) {
+        if ((r = -pthread_create(&idx->flusher, NULL, flusher_main, idx)) < 0) {
+            pthread_mutex_lock(&idx->lock);
+            idx->group_ns = 0;
+            pthread_mutex_unlock(&idx->lock);
+            return r;
+        }
+        idx->flusher_on = true;
+    }
+    return r;
+}
+
+int idx_sync(idx_t *idx)
+{
+    struct gone_call *calls = NULL;
+    size_t n = 0;
+    int r;
+
+    pthread_mutex_lock(&idx->lock);
+    while (idx->group_open && idx->depth > 0)
+        pthread_cond_wait(&idx->group_cv, &idx->lock);
+    r = group_commit(idx, &calls, &n);
+    pthread_mutex_unlock(&idx->lock);
+    run_gone(calls, n);
+    return r;
 }
 
 int idx_schema_version(idx_t *idx)
@@ -1146,9 +1304,12 @@ int idx_begin(idx_t *idx)
     int r = 0;
 
     pthread_mutex_lock(&idx->lock);
-    if (idx->depth == 0)
+    if (idx->depth == 0 && idx->group_ns == 0)
         r = exec(idx, S_BEGIN);
-    else if (sqlite3_get_autocommit(idx->db))
+    else if (idx->depth == 0) {
+        if ((r = group_enter(idx)) == 0 && (r = exec(idx, S_SAVEPOINT)) == 0)
+            idx->gone_mark = idx->gone_n;
+    } else if (sqlite3_get_autocommit(idx->db))
         r = batch_lost();
     else if (idx->depth == INT_MAX)
         r = -EOVERFLOW;
@@ -1171,6 +1332,20 @@ int idx_commit(idx_t *idx)
     }
     if (--idx->depth > 0)
         goto out;
+    pthread_cond_broadcast(&idx->group_cv);
+    if (idx->group_ns > 0) {
+        if (sqlite3_get_autocommit(idx->db) || !idx->group_open) {
+            r = batch_lost();
+        } else if ((r = exec(idx, S_RELEASE)) < 0) {
+            exec(idx, S_ROLLBACK_TO);
+            exec(idx, S_RELEASE);
+            idx->gone_n = idx->gone_mark;
+            resync(idx);
+        } else if (mono_ns() - idx->group_t0 >= idx->group_ns) {
+            r = group_commit(idx, &calls, &n);
+        }
+        goto out;
+    }
     if (sqlite3_get_autocommit(idx->db))
         r = batch_lost();
     else if ((r = exec(idx, S_COMMIT)) < 0 && !sqlite3_get_autocommit(idx->db))
@@ -1197,9 +1372,18 @@ int idx_rollback(idx_t *idx)
         goto out;
     }
     idx->depth = 0;
-    idx->gone_n = 0;
-    if (!sqlite3_get_autocommit(idx->db))
-        r = exec(idx, S_ROLLBACK);
+    pthread_cond_broadcast(&idx->group_cv);
+    if (idx->group_ns > 0 && idx->group_open && !sqlite3_get_autocommit(idx->db)) {
+        /* only this batch: the group's finished ones stay */
+        idx->gone_n = idx->gone_mark;
+        if ((r = exec(idx, S_ROLLBACK_TO)) == 0)
+            r = exec(idx, S_RELEASE);
+    } else {
+        idx->gone_n = 0;
+        idx->group_open = false;
+        if (!sqlite3_get_autocommit(idx->db))
+            r = exec(idx, S_ROLLBACK);
+    }
     resync(idx);
 out:
     pthread_mutex_unlock(&idx->lock);

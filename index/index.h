@@ -83,6 +83,19 @@ int idx_begin(idx_t *idx);
 int idx_commit(idx_t *idx);
 int idx_rollback(idx_t *idx);
 
+/* Group commit. With a window of window_ms > 0, a finished batch or write is kept (a released
+ * SAVEPOINT: idx_rollback() still undoes only its own batch) in a transaction shared with the
+ * batches that follow, and the whole group is committed at most window_ms after its first change,
+ * by idx_commit() or by a thread of the index when nothing follows. Readers on this connection
+ * see every finished batch at once; a process killed before the group's commit loses at most the
+ * last window_ms of changes (the previous group stays whole). gone() calls wait for the group's
+ * commit. A group that cannot be committed is rolled back whole and logged. 0 turns it off
+ * (committing what is open). Call once, before any batch; used by mountd only. */
+int idx_set_group_commit(idx_t *idx, int window_ms);
+/* Commit the open group now (returns at once when there is none); waits while a batch of another
+ * thread is open. Never call it inside a batch of one's own. */
+int idx_sync(idx_t *idx);
+
 /* Free-form metadata (key/value text) for the users of the index, e.g. which remote a cache
  * belongs to. idx_meta_get copies at most 'len' bytes including the NUL into 'val' (-ENOENT if the
  * key is absent; -ERANGE, with the value cut short, if it did not fit). The index's own keys

@@ -126,6 +126,7 @@ wait $RELAY_PID 2>/dev/null || true
 printf 'written while the link was down\n' >"$MNT/offline.txt"
 mkdir "$MNT/offline-dir"
 [[ ! -e $SRC/offline.txt ]] || fail "offline.txt reached the laptop without a link"
+sleep 0.1 # a change is journaled durably within the group commit window (10 ms, docs/writeback.md)
 pkill -9 -f "offload mount -F $T/ssh_config" || true
 { pgrep -f "cache-dir $T/cache2" || true; } | xargs -r kill -9
 sleep 0.5

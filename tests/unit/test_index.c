@@ -2932,6 +2932,133 @@ START_TEST(test_concurrent_writers_from_threads)
 }
 END_TEST
 
+/* --- group commit ---------------------------------------------------------------------- */
+
+/* A long window: only idx_sync, idx_close or a due idx_commit write the group. */
+START_TEST(test_group_keeps_batches_until_sync)
+{
+    struct idx_file got;
+
+    ck_assert_int_eq(idx_set_group_commit(idx, 60000), 0);
+    int64_t a = put_file(IDX_ROOT_ID, "a", 10);
+    ck_assert_int_eq(idx_begin(idx), 0);
+    int64_t b = put_file(IDX_ROOT_ID, "b", 10);
+    add_op(IDX_J_CREATE, b, "b");
+    ck_assert_int_eq(idx_commit(idx), 0);
+    /* this connection sees both at once; the file does not hold them yet */
+    ck_assert_int_eq(idx_get(idx, a, &got), 0);
+    ck_assert_int_eq(idx_get(idx, b, &got), 0);
+    ck_assert_int_eq(raw_query("SELECT COUNT(*) FROM files"), 1);
+    ck_assert_int_eq(journal_rows(), 0);
+    ck_assert_int_eq(idx_sync(idx), 0);
+    ck_assert_int_eq(raw_query("SELECT COUNT(*) FROM files"), 3);
+    ck_assert_int_eq(journal_rows(), 1);
+    ck_assert_int_eq(idx_sync(idx), 0); /* nothing open: returns at once */
+    ck_assert_int_eq(idx_check(idx), 0);
+}
+END_TEST
+
+/* A rolled-back batch undoes itself only, not the finished batches of its group. */
+START_TEST(test_group_rollback_is_the_batch_only)
+{
+    struct idx_file got;
+    struct seen s = {0};
+
+    ck_assert_int_eq(idx_set_group_commit(idx, 60000), 0);
+    int64_t a = put_file(IDX_ROOT_ID, "a", 10);
+    int64_t d = put_file(IDX_ROOT_ID, "d", 10);
+    ck_assert_int_eq(idx_begin(idx), 0);
+    add_op(IDX_J_CREATE, a, "a");
+    ck_assert_int_eq(idx_commit(idx), 0);
+    ck_assert_int_eq(idx_begin(idx), 0);
+    ck_assert_int_eq(idx_delete(idx, d, on_gone, &s), 0);
+    int64_t b = put_file(IDX_ROOT_ID, "b", 10);
+    add_op(IDX_J_CREATE, b, "b");
+    ck_assert_int_eq(idx_rollback(idx), 0);
+    ck_assert_int_eq(idx_get(idx, a, &got), 0);
+    ck_assert_int_eq(idx_get(idx, d, &got), 0);
+    ck_assert_int_eq(idx_lookup(idx, IDX_ROOT_ID, "b", &got), -ENOENT);
+    ck_assert_int_eq(idx_sync(idx), 0);
+    ck_assert_int_eq(s.n, 0); /* the rolled-back deletion is never reported */
+    ck_assert_int_eq(raw_query("SELECT COUNT(*) FROM files"), 3);
+    ck_assert_int_eq(journal_rows(), 1);
+    ck_assert_int_eq(idx_check(idx), 0);
+}
+END_TEST
+
+/* gone() waits for the group's commit: a cache file is dropped only once its row is gone for good.
+ */
+START_TEST(test_group_gone_after_commit)
+{
+    struct seen s = {0};
+
+    ck_assert_int_eq(idx_set_group_commit(idx, 60000), 0);
+    int64_t a = put_file(IDX_ROOT_ID, "a", 10);
+    ck_assert_int_eq(idx_delete(idx, a, on_gone, &s), 0);
+    ck_assert_int_eq(s.n, 0);
+    ck_assert_int_eq(idx_sync(idx), 0);
+    ck_assert_int_eq(s.n, 1);
+    ck_assert(seen_has(&s, a));
+}
+END_TEST
+
+/* With nothing after it, the group is committed by the index's own thread within the window. */
+START_TEST(test_group_committed_by_timer)
+{
+    ck_assert_int_eq(idx_set_group_commit(idx, 20), 0);
+    put_file(IDX_ROOT_ID, "a", 10);
+    long long n = 0;
+    for (int i = 0; i < 200 && n != 2; i++) {
+        usleep(10000);
+        n = raw_query("SELECT COUNT(*) FROM files");
+    }
+    ck_assert_int_eq(n, 2);
+}
+END_TEST
+
+/* Killed before the group's commit: the state of the last committed group, whole. */
+START_TEST(test_group_killed_keeps_last_group)
+{
+    struct idx_file f;
+
+    idx_close(idx);
+    idx = NULL;
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        idx_t *c;
+        struct idx_file g = mkfile(IDX_ROOT_ID, "synced", S_IFREG | 0644, 1);
+        if (idx_open(db_path, &c) != 0 || idx_set_group_commit(c, 60000) != 0 ||
+            idx_put(c, &g) != 0 || idx_sync(c) != 0)
+            _exit(2);
+        g = mkfile(IDX_ROOT_ID, "open", S_IFREG | 0644, 1);
+        if (idx_put(c, &g) != 0)
+            _exit(3);
+        kill(getpid(), SIGKILL);
+        _exit(0);
+    }
+    int status;
+    ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+    ck_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+    ck_assert_int_eq(idx_open(db_path, &idx), 0);
+    ck_assert_int_eq(idx_check(idx), 0);
+    ck_assert_int_eq(idx_lookup(idx, IDX_ROOT_ID, "synced", &f), 0);
+    ck_assert_int_eq(idx_lookup(idx, IDX_ROOT_ID, "open", &f), -ENOENT);
+}
+END_TEST
+
+/* idx_close commits the open group. */
+START_TEST(test_group_close_commits)
+{
+    struct idx_file f;
+
+    ck_assert_int_eq(idx_set_group_commit(idx, 60000), 0);
+    put_file(IDX_ROOT_ID, "a", 10);
+    reopen();
+    ck_assert_int_eq(idx_lookup(idx, IDX_ROOT_ID, "a", &f), 0);
+}
+END_TEST
+
 static TCase *tcase(Suite *s, const char *name)
 {
     TCase *tc = tcase_create(name);
@@ -3110,6 +3237,14 @@ static Suite *index_suite(void)
 
     tc = tcase(s, "threads");
     tcase_add_test(tc, test_concurrent_writers_from_threads);
+
+    tc = tcase(s, "group commit");
+    tcase_add_test(tc, test_group_keeps_batches_until_sync);
+    tcase_add_test(tc, test_group_rollback_is_the_batch_only);
+    tcase_add_test(tc, test_group_gone_after_commit);
+    tcase_add_test(tc, test_group_committed_by_timer);
+    tcase_add_test(tc, test_group_killed_keeps_last_group);
+    tcase_add_test(tc, test_group_close_commits);
     return s;
 }
 
