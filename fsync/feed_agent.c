@@ -298,6 +298,12 @@ static uint64_t own_key_path(const char *rel)
     return XXH3_64bits_withSeed(rel, strlen(rel), 0x6f776e) | 1;
 }
 
+/* The key of "a client changed something at this path" (whatever it left there). */
+static uint64_t own_key_touched(const char *rel)
+{
+    return XXH3_64bits_withSeed(rel, strlen(rel), 0x746f756368) | 1;
+}
+
 /* The slot of 'key' (fa->lock held): its own, else a free or stale one, else the oldest (at
  * worst a change is then taken for a foreign one: applied, never lost). */
 static struct own_rec *own_slot(struct fa_export *ex, uint64_t key, int64_t now, bool *found)
@@ -339,7 +345,23 @@ void fa_note_change(void *arg, uint64_t client, enum sfs_phase phase, size_t roo
     pthread_mutex_lock(&fa->lock);
     struct own_rec *r = own_slot(ex, key, now, &found);
     *r = (struct own_rec){.key = key, .client = client, .t = now};
+    if (st) {
+        uint64_t tkey = own_key_touched(rel);
+        r = own_slot(ex, tkey, now, &found);
+        *r = (struct own_rec){.key = tkey, .client = client, .t = now};
+    }
     pthread_mutex_unlock(&fa->lock);
+}
+
+/* Did a client make something at 'rel' lately? Then that client knows the name, even when this
+ * side never indexed it (made and removed again between two batches). */
+static bool client_touched(fa_t *fa, struct fa_export *ex, const char *rel)
+{
+    bool found;
+    pthread_mutex_lock(&fa->lock);
+    own_slot(ex, own_key_touched(rel), now_ns(), &found);
+    pthread_mutex_unlock(&fa->lock);
+    return found;
 }
 
 /* The client one of whose changes left 'rel' as it is now (f NULL: nothing there), or 0. */
@@ -689,8 +711,9 @@ static int sync_path(fa_t *fa, struct fa_export *ex, const char *rel, bool deep,
         return r;
     bool known = r == 0;
     if (!exists) {
-        if (!known)
-            return 0;
+        if (!known) /* a name a client made, removed before it was indexed: the client has it */
+            return *rel && client_touched(fa, ex, rel) ? (op_add(b, OP_REMOVE, rel) ? 0 : -ENOMEM)
+                                                       : 0;
         if (!*rel)
             return -ESTALE; /* the root itself is gone */
         if ((r = idx_delete(ex->idx, old.id, NULL, NULL)) < 0)
@@ -930,6 +953,10 @@ static void tag_own(fa_t *fa, struct fa_export *ex, struct batch *b)
                                        .mtime_ns = ts_ns(st.st_mtim)};
                 o->client = own_client(fa, ex, o->path, &now);
             }
+            /* a state a client left, but at a name it never touched: moved there by someone
+             * else (a laptop mv of a file the client wrote), which the client does not know */
+            if (o->client && !client_touched(fa, ex, o->path))
+                o->client = 0;
         } else if (o->kind == OP_REMOVE) {
             o->client = own_client(fa, ex, o->path, NULL);
         } else if (o->kind == OP_RENAME) {
@@ -1113,7 +1140,11 @@ static int export_start(fa_t *fa, struct fa_export *ex)
     char db[PATH_MAX + NAME_MAX + 8];
     int r;
     struct fw_config cfg = {
-        .quiet_ms = COALESCE_MS, .max_ms = COALESCE_MAX_MS, .only = cf_root_only(ex->r->root)};
+        .quiet_ms = COALESCE_MS,
+        .max_ms = COALESCE_MAX_MS,
+        .only = cf_root_only(ex->r->root),
+        .transient = true, /* sync_path tells a client's names from the rest */
+    };
     if ((r = fw_open(ex->r->path, &cfg, &ex->w)) < 0) {
         elog("cannot watch '%s': %s", ex->r->path, strerror(-r));
         return r;

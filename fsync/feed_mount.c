@@ -292,19 +292,27 @@ void fm_wait_file(struct mountd *m, int64_t id)
     pthread_mutex_unlock(&fm->lock);
 }
 
-/* Is this feed path (relative to the root) one we changed ourselves just now? */
+/* What a change reported by the feed is about, for echo(). */
+enum echo_kind {
+    EK_CONTENT, /* an ENTRY of a regular file */
+    EK_NAME,    /* a REMOVE, either name of a RENAME */
+    EK_OTHER,   /* an ENTRY of a folder (whose times every change inside moves) or a symlink */
+};
+
 /* Is the change the feed reports for 'rel' our own (its echo), to be left alone?
  * - With an agent that tags: what it tagged OWN (the path still looks as one of our SFTP
- *   client's changes left it, however late the agent reports it), and any change to a file
- *   whose own changes are still journaled here (they land after it: the local copy wins).
- *   The content of a regular file ('file': an ENTRY) is foreign otherwise: a laptop edit right
- *   after a container's write to the file is applied at once. Not so for a name that is gone
- *   here: that is judged by the window below, as names are.
- * - Anything else (folders, whose times every change inside moves, symlinks, REMOVE, RENAME),
- *   and everything with an older agent: also any path changed through the mount in the last
- *   ECHO_WINDOW_NS. The agent may report a burst of our changes late, against names that
- *   changed again since here: replaying those on the newer state would undo it. */
-static bool echo(struct fm *fm, const char *rel, bool file)
+ *   client's changes left it, or our client removed or renamed that name, however late the agent
+ *   reports it), and any change to a file whose own changes are still journaled here (they
+ *   land after it: the local copy wins). A regular file's content and a name that still exists
+ *   here are foreign otherwise: a laptop edit, rm or mv right after a container's change to
+ *   the same file is applied at once. A name that is gone here (removed or renamed away, not
+ *   yet on the laptop) is judged by the window below: a late report of its earlier state must
+ *   not bring it back.
+ * - Folders and symlinks, and everything with an older agent: also any path changed through
+ *   the mount in the last ECHO_WINDOW_NS. The agent may report a burst of our changes late,
+ *   against names that changed again since here: replaying those on the newer state would
+ *   undo it. */
+static bool echo(struct fm *fm, const char *rel, enum echo_kind kind)
 {
     char p[PATH_MAX + NAME_MAX + 2];
     struct idx_file f;
@@ -316,9 +324,7 @@ static bool echo(struct fm *fm, const char *rel, bool file)
         if (fm->own ||
             (found == 0 && idx_journal_count(fm->m->idx, f.id, INT64_MAX, &n) == 0 && n > 0))
             return true;
-        /* a name removed or renamed away here (not yet on the laptop) is judged by the window:
-         * a late report of its earlier state must not bring it back */
-        if (file && found == 0)
+        if (kind != EK_OTHER && found == 0)
             return false;
     }
     snprintf(p, sizeof(p), "%s%s%s", fm->root, *rel ? "/" : "", rel);
@@ -328,7 +334,7 @@ static bool echo(struct fm *fm, const char *rel, bool file)
 /* Are the HASHES or DATA for 'rel' those of an ENTRY taken for an echo? */
 static bool echo_content(struct fm *fm, const char *rel)
 {
-    return (fm->tags && strcmp(rel, fm->echo_of) == 0) || echo(fm, rel, true);
+    return (fm->tags && strcmp(rel, fm->echo_of) == 0) || echo(fm, rel, EK_CONTENT);
 }
 
 static int apply_entry(struct fm *fm, const struct feed_entry *e)
@@ -340,7 +346,7 @@ static int apply_entry(struct fm *fm, const struct feed_entry *e)
     int r;
 
     memset(&f, 0, sizeof(f));
-    if (!fm->in_snap && echo(fm, e->path, S_ISREG(e->mode))) {
+    if (!fm->in_snap && echo(fm, e->path, S_ISREG(e->mode) ? EK_CONTENT : EK_OTHER)) {
         snprintf(fm->echo_of, sizeof(fm->echo_of), "%s", e->path);
         FS_STAT_ADD(&m->st, feed_echoes, 1);
         /* The echo of our own change: content and version stay ours. Its times are the source's
@@ -498,7 +504,7 @@ static int apply_remove(struct fm *fm, const char *path)
     if (!*path)
         return -EPROTO;
     pending_finish(fm);
-    if (echo(fm, path, false)) {
+    if (echo(fm, path, EK_NAME)) {
         FS_STAT_ADD(&m->st, feed_echoes, 1);
         return 0;
     }
@@ -526,7 +532,7 @@ static int apply_rename(struct fm *fm, const char *from, const char *to)
     if (!*from || !*to)
         return -EPROTO;
     pending_finish(fm);
-    if (echo(fm, from, false) || echo(fm, to, false)) {
+    if (echo(fm, from, EK_NAME) || echo(fm, to, EK_NAME)) {
         FS_STAT_ADD(&m->st, feed_echoes, 1);
         return 0;
     }

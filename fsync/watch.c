@@ -505,7 +505,7 @@ static struct node *touch(fw_t *w, struct node *p, const char *name, bool is_dir
 
 static void mark_removed(fw_t *w, struct node *n, bool is_dir)
 {
-    if (n->pend.fresh) {
+    if (n->pend.fresh && !w->cfg.transient) {
         state_clear(w, n);
         return;
     }

@@ -88,6 +88,9 @@ struct fw_config {
     const char *only;   /* NULL, or the one entry of the root that is watched and reported (a
                            single-file share: the folder's other entries, and what is below
                            them, are neither listed nor watched) */
+    bool transient;     /* also report FW_REMOVED for a path whose object was made and removed
+                           within the batch: the consumer may know it from elsewhere (the SFTP
+                           client that made it) */
 };
 
 struct fw_stats {

@@ -78,6 +78,21 @@ for _ in $(seq 30); do [[ $(cat "$MNT2/both.txt") == "edited on the laptop!!!!" 
 assert_eq "edited on the laptop!!!!" "$(cat "$MNT2/both.txt")" "the laptop edit, in the second mount"
 fusermount3 -u "$MNT2"
 pass "feed: own writes come back as echoes (OWN), to a second mount as changes; a laptop edit right after reaches both"
+# a laptop rm and mv right after a container's write to the same files: names are told by
+# the endpoint's tags too, no window hides them
+printf 'container\n' >"$MNT/rm-me.txt"
+printf 'container\n' >"$MNT/mv-me.txt"
+sync "$MNT/rm-me.txt" "$MNT/mv-me.txt" # fsync: both are on the laptop now
+rm "$SRC/rm-me.txt"
+mv "$SRC/mv-me.txt" "$SRC/mv-moved.txt"
+for _ in $(seq 30); do
+	[[ ! -e $MNT/rm-me.txt && ! -e $MNT/mv-me.txt && -f $MNT/mv-moved.txt ]] && break
+	sleep 0.1
+done
+[[ ! -e $MNT/rm-me.txt ]] || fail "a laptop rm right after the container's write: the mount still has the file"
+[[ ! -e $MNT/mv-me.txt && $(cat "$MNT/mv-moved.txt" 2>&1) == container ]] ||
+	fail "a laptop mv right after the container's write: the mount has $(ls "$MNT" | grep mv- | tr '\n' ' ')"
+pass "feed: a laptop rm and mv right after a container's write to the same files reach the mount at once"
 mkdir -p "$MNT/fsx"
 "$FSX" --seed 7 --ops 2000 --check-dir "$SRC/fsx" "$MNT/fsx/a" "$MNT/fsx/b" "$MNT/fsx/c" >"$T/fsx.out" 2>&1 ||
 	fail "fsx on the mount: $(grep -v '^  #' "$T/fsx.out" | head -3)"

@@ -430,6 +430,18 @@ START_TEST(test_created_then_removed_in_batch_is_not_reported)
 }
 END_TEST
 
+/* With 'transient' (the agent's setting), the removal is reported: the SFTP client that made the
+ * file knows it, though the consumer never indexed it */
+START_TEST(test_created_then_removed_in_batch_is_removed_when_transient)
+{
+    start_with(&(struct fw_config){.quiet_ms = 50, .max_ms = 3000, .transient = true});
+    put(P("tmp"), "x", O_TRUNC);
+    rm(P("tmp"));
+    put(P("marker"), "x", O_TRUNC);
+    expect("REMOVED tmp, CHANGED marker");
+}
+END_TEST
+
 START_TEST(test_removed_then_recreated_is_changed)
 {
     put(P("f"), "x", O_TRUNC);
@@ -942,6 +954,7 @@ static Suite *watch_suite(void)
     tcase_add_test(tc, test_fifty_writes_are_one_event);
     tcase_add_test(tc, test_delete_is_removed);
     tcase_add_test(tc, test_created_then_removed_in_batch_is_not_reported);
+    tcase_add_test(tc, test_created_then_removed_in_batch_is_removed_when_transient);
     tcase_add_test(tc, test_removed_then_recreated_is_changed);
     tcase_add_test(tc, test_editor_atomic_save_is_one_changed_of_final_path);
     tcase_add_test(tc, test_root_attributes_are_changed_of_root);
