@@ -35,16 +35,17 @@
 #include <libssh/libssh.h>
 #include <libssh/server.h> /* ssh_send_keepalive, declared there but usable by clients */
 
-#define CHUNK           (64u << 10) /* bytes buffered per bridge and direction */
-#define OPEN_TIMEOUT_MS 30000       /* bound on a channel open a caller waits for */
-#define TAIL_MAX        4096        /* stderr bytes kept of the exec channel */
-#define LINE_MAX_       1024        /* longest stderr line reported as one event */
-#define RFWD_LO         16384       /* ports tried for a reverse forward on "any port" */
-#define RFWD_HI         32767
-#define RFWD_TRIES      32
-#define DOPOLL_ROUNDS   64 /* ssh_event_dopoll calls per iteration while data keeps coming */
-#define PUMP_ROUNDS     4  /* chunks moved per bridge and iteration before the others' turn */
-#define FWD_ADDR        "127.0.0.1"
+#define CHUNK               (64u << 10) /* bytes buffered per bridge and direction */
+#define OPEN_TIMEOUT_MS     30000       /* bound on a channel open a caller waits for */
+#define TAIL_MAX            4096        /* stderr bytes kept of the exec channel */
+#define LINE_MAX_           1024        /* longest stderr line reported as one event */
+#define RFWD_LO             16384       /* ports tried for a reverse forward on "any port" */
+#define RFWD_HI             32767
+#define RFWD_TRIES          32
+#define DOPOLL_ROUNDS       64   /* ssh_event_dopoll calls per iteration while data keeps coming */
+#define PUMP_ROUNDS         4    /* chunks moved per bridge and iteration before the others' turn */
+#define EXIT_STATUS_WAIT_MS 2000 /* exec: how long its exit status may trail its EOF */
+#define FWD_ADDR            "127.0.0.1"
 
 enum b_kind { B_EXEC, B_UNIX, B_TCP, B_RFWD };
 enum b_state { BS_OPENING, BS_EXEC_REQ, BS_CONNECTING, BS_OPEN, BS_DONE };
@@ -70,6 +71,7 @@ struct bridge {
     /* set by the channel callbacks: */
     bool rx_pending, err_pending, eof_flag, remote_closed, exit_known;
     int exit_status;
+    int64_t status_wait_ms; /* exec: when both ends were done and the status had not come */
     char exit_signal[32];
     /* stream state: */
     bool sock_eof;   /* read EOF from sock */
@@ -745,6 +747,16 @@ static void bridge_pump(struct ctl *c, struct bridge *b, short rev)
     }
     bool down_done = b->remote_eof && b->sock_shut;
     bool up_done = b->eof_sent || b->remote_closed;
+    if (down_done && up_done && b == c->exec && !b->failed && !b->remote_closed && !b->exit_known &&
+        !b->exit_signal[0]) {
+        /* sshd sends the command's EOF when its output closes and the exit status when it has
+         * reaped it, then closes: wait (a bounded while) for the status rather than report none */
+        int64_t now = now_ms();
+        if (b->status_wait_ms == 0)
+            b->status_wait_ms = now;
+        if (now - b->status_wait_ms < EXIT_STATUS_WAIT_MS)
+            return;
+    }
     if (b->failed || (down_done && up_done))
         b->state = BS_DONE;
 }

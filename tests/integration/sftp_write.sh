@@ -265,6 +265,11 @@ for _ in $(seq 600); do [[ -e $T/marker ]] && break; sleep 0.05; done
 [[ -e $T/marker ]] || fail "cut: the writes did not start ($(tail -n 3 "$T/drv.err"))"
 pids=$(sftp_servers)
 [[ -n $pids ]] || fail "cut: no sftp-server process under sshd $SSHD_PID"
+# stopped first, so that writes are surely in flight when it dies (a slow client, under ASan,
+# could otherwise have none on the wire at the instant of the kill)
+# shellcheck disable=SC2086
+kill -STOP $pids
+sleep 0.3
 # shellcheck disable=SC2086
 kill -KILL $pids
 q_read cut
