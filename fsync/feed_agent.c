@@ -711,9 +711,12 @@ static int sync_path(fa_t *fa, struct fa_export *ex, const char *rel, bool deep,
         return r;
     bool known = r == 0;
     if (!exists) {
-        if (!known) /* a name a client made, removed before it was indexed: the client has it */
-            return *rel && client_touched(fa, ex, rel) ? (op_add(b, OP_REMOVE, rel) ? 0 : -ENOMEM)
-                                                       : 0;
+        if (!known) {
+            /* a name a client made, removed before it was indexed: the client has it */
+            if (*rel && client_touched(fa, ex, rel) && !op_add(b, OP_REMOVE, rel))
+                return -ENOMEM;
+            return 0;
+        }
         if (!*rel)
             return -ESTALE; /* the root itself is gone */
         if ((r = idx_delete(ex->idx, old.id, NULL, NULL)) < 0)

@@ -1304,11 +1304,11 @@ int idx_begin(idx_t *idx)
     int r = 0;
 
     pthread_mutex_lock(&idx->lock);
-    if (idx->depth == 0 && idx->group_ns == 0)
-        r = exec(idx, S_BEGIN);
-    else if (idx->depth == 0) {
-        if ((r = group_enter(idx)) == 0 && (r = exec(idx, S_SAVEPOINT)) == 0)
-            idx->gone_mark = idx->gone_n;
+    if (idx->depth == 0) {
+        /* the outermost batch is a unit as one write is: a transaction, or a savepoint of the
+         * group; a failed batch in a group drops only the gone() calls it queued */
+        r = op_begin(idx);
+        idx->gone_mark = idx->gone_n;
     } else if (sqlite3_get_autocommit(idx->db))
         r = batch_lost();
     else if (idx->depth == INT_MAX)
@@ -1333,28 +1333,17 @@ int idx_commit(idx_t *idx)
     if (--idx->depth > 0)
         goto out;
     pthread_cond_broadcast(&idx->group_cv);
-    if (idx->group_ns > 0) {
-        if (sqlite3_get_autocommit(idx->db) || !idx->group_open) {
-            r = batch_lost();
-        } else if ((r = exec(idx, S_RELEASE)) < 0) {
-            exec(idx, S_ROLLBACK_TO);
-            exec(idx, S_RELEASE);
-            idx->gone_n = idx->gone_mark;
-            resync(idx);
-        } else if (mono_ns() - idx->group_t0 >= idx->group_ns) {
-            r = group_commit(idx, &calls, &n);
-        }
-        goto out;
-    }
-    if (sqlite3_get_autocommit(idx->db))
+    if (sqlite3_get_autocommit(idx->db) || (idx->group_ns > 0 && !idx->group_open)) {
         r = batch_lost();
-    else if ((r = exec(idx, S_COMMIT)) < 0 && !sqlite3_get_autocommit(idx->db))
-        exec(idx, S_ROLLBACK);
-    if (r < 0) {
+        idx->group_open = false;
         idx->gone_n = 0;
         resync(idx);
-    } else {
+    } else if ((r = op_end(idx, 0)) < 0) { /* undone (and resynced) by op_end */
+        idx->gone_n = idx->group_ns > 0 ? idx->gone_mark : 0;
+    } else if (idx->group_ns == 0) {
         take_gone(idx, &calls, &n);
+    } else if (mono_ns() - idx->group_t0 >= idx->group_ns) {
+        r = group_commit(idx, &calls, &n);
     }
 out:
     pthread_mutex_unlock(&idx->lock);

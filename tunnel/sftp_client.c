@@ -437,35 +437,39 @@ int tun_sftp_readlink(tun_sftp_t *s, const char *path, char *out, size_t outlen)
     return err ? err : call_name1(s, r, out, outlen);
 }
 
+/* The handle in a reply of 'type' to an OPEN or OPENDIR, answered by connection 'gen'. */
+static int parse_handle(uint8_t type, struct buf *reply, uint64_t gen, struct tun_sftp_handle *h)
+{
+    const uint8_t *p;
+    uint32_t n;
+
+    if (type == SFC_STATUS)
+        return parse_status(reply) ?: -EIO;
+    if (type != SFC_HANDLE || buf_get_string(reply, &p, &n) != 0 || n == 0 ||
+        n > TUN_SFTP_HANDLE_MAX)
+        return -EIO;
+    memcpy(h->data, p, n);
+    h->len = n;
+    h->gen = gen;
+    return 0;
+}
+
 /* HANDLE reply; h->gen is the connection that answered. */
 static int call_handle(tun_sftp_t *s, struct req *r, struct tun_sftp_handle *h)
 {
     struct sync_ctx *c = NULL;
-    const uint8_t *p;
-    uint32_t n;
     int err;
 
     if ((err = call(s, r, &c)) != 0)
         return err;
-    if (c->w.type == SFC_HANDLE) {
-        if (buf_get_string(&c->w.reply, &p, &n) != 0 || n == 0 || n > TUN_SFTP_HANDLE_MAX) {
-            err = -EIO;
-        } else {
-            memcpy(h->data, p, n);
-            h->len = n;
-            h->gen = c->w.gen;
-        }
-    } else if (c->w.type == SFC_STATUS) {
-        err = parse_status(&c->w.reply) ?: -EIO;
-    } else {
-        err = -EIO;
-    }
+    err = parse_handle(c->w.type, &c->w.reply, c->w.gen, h);
     sync_release(c);
     return err;
 }
 
-int tun_sftp_open_flags(tun_sftp_t *s, const char *path, uint32_t pflags,
-                        const struct tun_sftp_attr *create_attrs, struct tun_sftp_handle *h)
+/* An OPEN request of 'kind' (not queued yet). */
+static int open_req(const char *path, uint32_t pflags, const struct tun_sftp_attr *create_attrs,
+                    enum req_kind kind, struct req **out)
 {
     struct tun_sftp_attr none = {0};
     struct req *r;
@@ -473,13 +477,23 @@ int tun_sftp_open_flags(tun_sftp_t *s, const char *path, uint32_t pflags,
 
     if ((err = path_req(SFC_OPEN, path, &r)) != 0)
         return err;
-    r->kind = pflags == SFC_FXF_READ ? REQ_READ : REQ_WRITE;
+    r->kind = kind;
     if (buf_put_u32(&r->pkt, pflags) != 0 ||
         sfc_put_attr(&r->pkt, create_attrs ? create_attrs : &none) != 0) {
         req_free(r);
         return -ENAMETOOLONG;
     }
-    return call_handle(s, r, h);
+    *out = r;
+    return 0;
+}
+
+int tun_sftp_open_flags(tun_sftp_t *s, const char *path, uint32_t pflags,
+                        const struct tun_sftp_attr *create_attrs, struct tun_sftp_handle *h)
+{
+    struct req *r;
+    int err =
+        open_req(path, pflags, create_attrs, pflags == SFC_FXF_READ ? REQ_READ : REQ_WRITE, &r);
+    return err ? err : call_handle(s, r, h);
 }
 
 int tun_sftp_open(tun_sftp_t *s, const char *path, struct tun_sftp_handle *h)
@@ -1046,21 +1060,12 @@ static void open_done(struct req *r, int err, uint8_t type, struct buf *payload)
 {
     struct open_ctx *c = r->arg;
     struct tun_sftp_handle h = {0};
-    const uint8_t *p;
-    uint32_t n;
 
-    if (err == 0 && type == SFC_HANDLE) {
-        if (buf_get_string(payload, &p, &n) != 0 || n == 0 || n > TUN_SFTP_HANDLE_MAX) {
-            err = -EIO;
-        } else {
-            memcpy(h.data, p, n);
-            h.len = n;
-            pthread_mutex_lock(&c->s->lock);
-            h.gen = c->s->gen; /* the connection that answered */
-            pthread_mutex_unlock(&c->s->lock);
-        }
-    } else if (err == 0) {
-        err = type == SFC_STATUS ? (parse_status(payload) ?: -EIO) : -EIO;
+    if (err == 0) {
+        pthread_mutex_lock(&c->s->lock);
+        uint64_t gen = c->s->gen; /* the connection that answered */
+        pthread_mutex_unlock(&c->s->lock);
+        err = parse_handle(type, payload, gen, &h);
     }
     c->done(c->arg, err, err ? NULL : &h);
     free(c);
@@ -1069,19 +1074,12 @@ static void open_done(struct req *r, int err, uint8_t type, struct buf *payload)
 int tun_sftp_open_async(tun_sftp_t *s, const char *path, uint32_t pflags,
                         const struct tun_sftp_attr *create_attrs, tun_sftp_open_cb done, void *arg)
 {
-    struct tun_sftp_attr none = {0};
     struct open_ctx *c;
     struct req *r;
     int err;
 
-    if ((err = path_req(SFC_OPEN, path, &r)) != 0)
+    if ((err = open_req(path, pflags, create_attrs, REQ_STREAM, &r)) != 0)
         return err;
-    r->kind = REQ_STREAM;
-    if (buf_put_u32(&r->pkt, pflags) != 0 ||
-        sfc_put_attr(&r->pkt, create_attrs ? create_attrs : &none) != 0) {
-        req_free(r);
-        return -ENAMETOOLONG;
-    }
     if ((c = malloc(sizeof(*c))) == NULL) {
         req_free(r);
         return -ENOMEM;
