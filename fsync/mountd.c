@@ -829,7 +829,7 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
     fuse_reply_attr(req, &st, kernel_ttl(m));
 }
 
-static void op_readlink(fuse_req_t req, fuse_ino_t ino)
+static void do_readlink(fuse_req_t req, fuse_ino_t ino)
 {
     struct mountd *m = M(req);
     char path[PATH_MAX], target[PATH_MAX];
@@ -856,6 +856,13 @@ static void op_readlink(fuse_req_t req, fuse_ino_t ino)
     }
     idx_set_link(m->idx, f.id, target);
     fuse_reply_readlink(req, target);
+}
+
+static void op_readlink(fuse_req_t req, fuse_ino_t ino)
+{
+    struct mountd *m = M(req);
+    do_readlink(req, ino);
+    ar_note(m, ino); /* the kernel now marks the link's atime stale */
 }
 
 static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -956,15 +963,19 @@ done:
 static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
                        struct fuse_file_info *fi)
 {
+    struct mountd *m = M(req);
     (void)fi;
     do_readdir(req, ino, size, off, false);
+    ar_note(m, ino); /* the kernel now marks the folder's atime stale */
 }
 
 static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
                            struct fuse_file_info *fi)
 {
+    struct mountd *m = M(req);
     (void)fi;
     do_readdir(req, ino, size, off, true);
+    ar_note(m, ino);
 }
 
 static void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -1829,7 +1840,7 @@ static void prefetch_file(struct mountd *m, int64_t id)
     of_put(m, of);
 }
 
-static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+static void do_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
                     struct fuse_file_info *fi)
 {
     struct mountd *m = M(req);
@@ -1889,6 +1900,14 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
         }
     }
     of_put(m, of); /* after the reply: the fd stays open while the kernel reads it */
+}
+
+static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                    struct fuse_file_info *fi)
+{
+    struct mountd *m = M(req);
+    do_read(req, ino, size, off, fi);
+    ar_note(m, ino); /* the kernel now marks the file's atime stale */
 }
 
 static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
@@ -2644,6 +2663,12 @@ static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
     struct mountd *m = M(req);
     (void)fi;
+    if (!m->writable) {
+        /* nothing is ever written back, so a close has nothing to report: ENOSYS tells the
+         * kernel to stop sending FLUSH at all (one round trip into mountd per close saved) */
+        fuse_reply_err(req, ENOSYS);
+        return;
+    }
     /* close does not wait (unless flush_on_close); an error already known is reported */
     int r = wb_wait(m, (int64_t)ino, m->flush_on_close ? WB_FSYNC_TIMEOUT_MS : 0);
     fuse_reply_err(req, -r);
@@ -3108,6 +3133,8 @@ int fs_mount_run(const struct fs_mount_opts *o, int ready_fd)
     pthread_create(&m->writer, NULL, writer_main, m);
     for (int i = 0; i < PF_THREADS; i++)
         pthread_create(&m->prefetchers[i], NULL, prefetch_main, m);
+    if (vfs_rw && m->fm && ar_start(m) != 0)
+        md_log(m, "cannot start the attribute refresher: stats after a listing will be slower");
     if (ready_fd >= 0) {
         /* detached: from now on the log goes to the cache dir, the terminal is released */
         char logpath[PATH_MAX + 16];
@@ -3129,6 +3156,7 @@ int fs_mount_run(const struct fs_mount_opts *o, int ready_fd)
     r = fuse_session_loop_mt(m->se, &cfg);
     status = r == 0 ? 0 : 1;
     atomic_store(&m->mounted, false);
+    ar_stop(m);
 
     pthread_mutex_lock(&m->bg_lock);
     m->stopping = true;
@@ -3163,6 +3191,7 @@ out:
         fuse_session_unmount(m->se);
     if (signals)
         fuse_remove_signal_handlers(m->se);
+    ar_join(m); /* after the unmount: a stat it had in flight has ended with the connection */
     if (m->se)
         fuse_session_destroy(m->se);
     fs_stats_stop(m->srv);

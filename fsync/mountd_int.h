@@ -136,6 +136,7 @@ struct mountd {
     bool follow_replace; /* a file replaced on the laptop keeps its inode here (single-file
                           * binds: the bind follows the name; see feed_mount.c apply_entry) */
     struct wb *wb;       /* the write-back sender (writeback.c), NULL on a read-only mount */
+    struct ar *ar;       /* the attribute refresher (attr_refresh.c), NULL when not needed */
     pthread_mutex_t recent_lock;
     struct recent_path {
         uint64_t hash; /* of the source path */
@@ -221,6 +222,16 @@ int wb_start(struct mountd *m);
 void wb_stop(struct mountd *m);
 void wb_kick(struct mountd *m);
 int wb_wait(struct mountd *m, int64_t file, int timeout_ms);
+
+/* attr_refresh.c: after a folder was listed or a file read through a read-write mount, stat
+ * it again in the background so that the kernel's atime invalidation does not cost the user's
+ * next stat a round trip into mountd. ar_start before the FUSE loop; ar_note after replying to a
+ * READDIR or READ (any thread; nothing unless the feed is live); ar_stop when the loop ended;
+ * ar_join once the session is unmounted (a stat in flight ends with the connection). */
+int ar_start(struct mountd *m);
+void ar_note(struct mountd *m, fuse_ino_t ino);
+void ar_stop(struct mountd *m);
+void ar_join(struct mountd *m);
 
 /* feed_mount.c: the change feed client (docs/feed.md). fm_start starts its thread when the
  * server offers the feed for the mounted root; fm_hold tells the agent mountd now caches blocks

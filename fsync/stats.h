@@ -31,6 +31,7 @@ struct fs_stats {
     uint64_t bytes_written_back; /* file bytes sent to the source */
     uint64_t write_back_errors;  /* rows the source refused (reported at fsync/close) */
     uint64_t late_invalidations; /* reads answered while their file changed: pages dropped again */
+    uint64_t attr_refreshes;     /* listed folders and read files stat'ed again in the background */
 };
 
 #define FS_STAT_ADD(st, field, n) __atomic_add_fetch(&(st)->field, (n), __ATOMIC_RELAXED)
