@@ -24,9 +24,9 @@
 
 #include <libssh/libssh.h>
 
-#define FEED_SUBSYS       "offload-feed@offload"
-#define FIRST_SNAP_WAIT_S 30 /* mount waits this long for the first snapshot at most */
-#define RX_CHUNK          (256u << 10)
+#define FEED_SUBSYS        "offload-feed@offload"
+#define FIRST_SNAP_WAIT_MS 30000 /* by default, mount waits this long for the first snapshot */
+#define RX_CHUNK           (256u << 10)
 
 /* A file whose content changed in the batch being applied. Its new version starts with no cached
  * block; the cached blocks of the old version are carried over when the file's HASHES are all in
@@ -969,12 +969,19 @@ int fm_start(struct mountd *m)
         free(fm);
         return -EAGAIN;
     }
-    /* the first snapshot makes the first walk free of round trips: wait for it, bounded */
+    /* the first snapshot makes the first walk free of round trips: wait for it, bounded (or
+     * not at all: until it is in, the mount works as a standalone one, over SFTP with the TTL) */
+    int wait_ms = m->o.snapshot_wait_ms < 0 ? FIRST_SNAP_WAIT_MS : m->o.snapshot_wait_ms;
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += FIRST_SNAP_WAIT_S;
+    ts.tv_sec += wait_ms / 1000;
+    ts.tv_nsec += (long)(wait_ms % 1000) * 1000000;
+    if (ts.tv_nsec >= 1000000000) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000;
+    }
     pthread_mutex_lock(&fm->lock);
-    while (!fm->first_done)
+    while (!fm->first_done && wait_ms > 0)
         if (pthread_cond_timedwait(&fm->snap_cond, &fm->lock, &ts) == ETIMEDOUT)
             break;
     pthread_mutex_unlock(&fm->lock);

@@ -24,6 +24,9 @@ struct fs_mount_opts {
     int debug;                /* libfuse debug output and verbose logs */
     const char *fuse_opts;    /* extra -o options, already checked by fs_mount_check_opt */
     const char *stats_socket; /* NULL: fs_mount_stats_path(mountpoint) */
+    int snapshot_wait_ms;     /* how long mounting waits for the change feed's first snapshot:
+                               * <0 means 30 s; 0: mount at once, served over SFTP with the TTL
+                               * until the snapshot is in (then the feed takes over) */
 };
 
 /* Run the filesystem. 'ready_fd' (or -1) receives one byte once the mount is up ('0') or has

@@ -3088,7 +3088,9 @@ int fs_mount_run(const struct fs_mount_opts *o, int ready_fd)
      * that the feed's changes still raise inotify events in the mount (a docker :ro bind) */
     bool vfs_rw = !opt_listed(o->fuse_opts, "ro");
     m->writable = vfs_rw && !opt_listed(o->fuse_opts, "nowrite");
-    m->reflect = atomic_load(&m->feed_live) && vfs_rw;
+    /* the feed may go live after the mount appears (--snapshot-wait): replays are on as soon as
+     * there is a feed client at all, since only a live feed has changes to replay */
+    m->reflect = m->fm != NULL && vfs_rw;
     m->flush_on_close = opt_listed(o->fuse_opts, "flush_on_close");
     m->follow_replace = opt_listed(o->fuse_opts, "follow_replace");
     char fopts[2048] = "";

@@ -36,6 +36,9 @@ static void usage(FILE *f)
         "      --op-timeout SECS    an operation fails with EIO after this long without\n"
         "                           progress on the link (default: 5)\n"
         "      --stats-socket PATH  where counters are served (default: per mountpoint)\n"
+        "      --snapshot-wait SECS  with 'offload serve': how long mounting waits for the\n"
+        "                           change feed's snapshot (default: 30); 0 mounts at once and\n"
+        "                           serves over SFTP with the TTL until the snapshot is in\n"
         "  -f, --foreground         stay in the foreground, log to stderr\n"
         "  -d, --debug              foreground, with FUSE and ssh debug output\n"
         "  -h, --help               this text\n",
@@ -76,7 +79,15 @@ static int absolute(const char *p, char out[4096])
 
 int cmd_mount(int argc, char **argv)
 {
-    enum { O_CACHE_DIR = 256, O_CACHE_SIZE, O_ATTR_TTL, O_CONNECT_TIMEOUT, O_OP_TIMEOUT, O_STATS };
+    enum {
+        O_CACHE_DIR = 256,
+        O_CACHE_SIZE,
+        O_ATTR_TTL,
+        O_CONNECT_TIMEOUT,
+        O_OP_TIMEOUT,
+        O_STATS,
+        O_SNAPSHOT_WAIT
+    };
     static const struct option lopts[] = {
         {"port", required_argument, 0, 'p'},
         {"ssh-config", required_argument, 0, 'F'},
@@ -87,6 +98,7 @@ int cmd_mount(int argc, char **argv)
         {"connect-timeout", required_argument, 0, O_CONNECT_TIMEOUT},
         {"op-timeout", required_argument, 0, O_OP_TIMEOUT},
         {"stats-socket", required_argument, 0, O_STATS},
+        {"snapshot-wait", required_argument, 0, O_SNAPSHOT_WAIT},
         {"foreground", no_argument, 0, 'f'},
         {"debug", no_argument, 0, 'd'},
         {"help", no_argument, 0, 'h'},
@@ -99,6 +111,7 @@ int cmd_mount(int argc, char **argv)
 
     memset(&o, 0, sizeof(o));
     o.attr_ttl_ms = -1;
+    o.snapshot_wait_ms = -1;
     o.sftp.ssh.connect_timeout_s = 10;
     o.sftp.op_timeout_ms = 5000;
     optind = 1;
@@ -143,12 +156,15 @@ int cmd_mount(int argc, char **argv)
         case O_ATTR_TTL:
         case O_CONNECT_TIMEOUT:
         case O_OP_TIMEOUT:
+        case O_SNAPSHOT_WAIT:
             if (parse_duration_ms(optarg, &ms) != 0) {
                 fprintf(stderr, "offload mount: bad duration '%s' (seconds, or 500ms)\n", optarg);
                 return 2;
             }
             if (c == O_ATTR_TTL)
                 o.attr_ttl_ms = ms;
+            else if (c == O_SNAPSHOT_WAIT)
+                o.snapshot_wait_ms = ms;
             else if (c == O_CONNECT_TIMEOUT)
                 o.sftp.ssh.connect_timeout_s = ms < 1000 ? 1 : ms / 1000;
             else

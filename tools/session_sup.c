@@ -45,7 +45,7 @@ enum mstate { M_STARTING, M_MOUNTED, M_DEAD };
 struct mnt {
     char name[65];
     bool ro;
-    bool file; /* a single-file share: the mount follows the file's name (-o follow_replace) */
+    bool file;      /* a single-file share: the mount follows the file's name (-o follow_replace) */
     char *args;     /* "PORT MODE KEY64 KNOWN64" as received: a repeated EXPORT is recognised */
     pid_t pid;      /* the `offload mount -f` process; 0 once reaped */
     int out_fd;     /* its stdout and stderr; -1 once closed */
@@ -749,15 +749,12 @@ static int start_mount(struct sup *s, struct mnt *m, unsigned port, const char *
         return r;
     }
     snprintf(src, sizeof(src), "offload-endpoint:/%s", m->name);
-    char *argv[] = {(char *)(s->o->offload ? s->o->offload : "/proc/self/exe"),
-                    "mount",
-                    "-f",
-                    "-F",
-                    cfg,
-                    src,
-                    m->path,
-                    "--cache-dir",
-                    cache,
+    char *argv[] = {(char *)(s->o->offload ? s->o->offload : "/proc/self/exe"), "mount", "-f", "-F",
+                    cfg, src, m->path, "--cache-dir", cache,
+                    /* a container starts on the mount at once; until the feed's snapshot is
+                     * in (a 50k-file folder takes seconds to scan and load) it is served over
+                     * SFTP with the TTL, as a standalone mount */
+                    "--snapshot-wait", "0",
                     /* read-only: mountd refuses writes, the superblock stays read-write so
                      * that laptop edits still raise inotify events in containers */
                     (m->ro || m->file) ? "-o" : NULL,

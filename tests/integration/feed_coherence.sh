@@ -191,5 +191,30 @@ kill $watcher 2>/dev/null || true
 grep -q "f3" "$T/nowrite.events" || fail "-o nowrite: no inotify event for a laptop edit"
 pass "-o nowrite: writes refused with EROFS by mountd, laptop edits still seen by inotify"
 
+# --- --snapshot-wait 0 (the cloud side of offload connect): the mount appears as soon as SFTP is
+# up, before the snapshot of a large folder is in; meanwhile it is served over SFTP with the TTL,
+# then the feed takes over, with inotify replays although the feed was not live at mount time
+fusermount3 -u "$MNT"
+"$GEN_TREE" --seed 12 --files 20000 --no-big "$SRC/many" >/dev/null
+HOME=$T_HOME "$OFFLOAD_BIN" mount -F "$EP.2/ssh_config" offload-endpoint:/src "$MNT" \
+	--snapshot-wait 0 --cache-dir "$T/cache4" --attr-ttl 3600 || fail "--snapshot-wait 0: mount failed"
+wait_mounted "$MNT" 10 || fail "--snapshot-wait 0: the mount did not appear"
+live_at_mount=$(counter feed_live)
+cmp "$SRC/w/a/f3.js" "$MNT/w/a/f3.js" || fail "--snapshot-wait 0: a file read at once differs"
+for _ in $(seq 300); do [[ $(counter feed_live) == true ]] && break; sleep 0.1; done
+assert_eq true "$(counter feed_live)" "--snapshot-wait 0: the feed is live after the mount"
+assert_eq "$(cd "$SRC/many" && find . | sort | md5sum)" "$(cd "$MNT/many" && find . | sort | md5sum)" \
+	"--snapshot-wait 0: the 20k names after the snapshot"
+inotifywait -q -e modify,close_write --format '%e %f' "$MNT/storm" >"$T/late.events" 2>/dev/null &
+watcher=$!
+sleep 0.5
+printf 'changed again\n' >>"$SRC/storm/f4"
+for _ in $(seq 50); do [[ -s $T/late.events ]] && break; sleep 0.1; done
+kill $watcher 2>/dev/null || true
+grep -q "f4" "$T/late.events" || fail "--snapshot-wait 0: no inotify event for a laptop edit"
+for _ in $(seq 100); do cmp -s "$SRC/storm/f4" "$MNT/storm/f4" && break; sleep 0.1; done
+cmp "$SRC/storm/f4" "$MNT/storm/f4" || fail "--snapshot-wait 0: a laptop edit did not arrive"
+pass "--snapshot-wait 0: mounted (feed live at that moment: $live_at_mount), served, then live with inotify"
+
 if grep -i -E 'sanitizer|runtime error' "$T/serve.err" "$T/serve2.err"; then fail "sanitizer report from serve"; fi
 pass "feed coherence"

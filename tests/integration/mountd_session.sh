@@ -149,7 +149,12 @@ expect "ERR proj already exported*" "EXPORT proj $PORT ro $KEY64 $KNOWN64"
 pass "EXPORT ro: reads equal, every write refused with no trace; a repeated EXPORT is answered again"
 
 # --- STATUS ------------------------------------------------------------------------------------------
-status
+# the mounts appear before the feed's snapshot is in (--snapshot-wait 0): wait until both are live
+for _ in $(seq 100); do
+	status
+	[[ $(mount_state "$ST" proj) == "false true true "* && $(mount_state "$ST" docs) == "true true true "* ]] && break
+	sleep 0.1
+done
 st=$ST
 read -r ro mounted live PROJ_PID <<<"$(mount_state "$st" proj)"
 assert_eq "false true true" "$ro $mounted $live" "proj in STATUS (ro mounted live)"
