@@ -41,12 +41,13 @@
 #include <time.h>
 #include <unistd.h>
 
-#define MAX_EXPORTS  64
-#define MAX_FORWARDS 64
-#define LINE_MAX_LEN (64u << 10)
+#define MAX_EXPORTS    64
+#define MAX_FORWARDS   64
+#define LINE_MAX_LEN   (64u << 10)
 #define SUP_TIMEOUT_MS 45000 /* an EXPORT waits up to 30 s for its mount on the cloud side */
 
-struct export {
+struct export
+{
     char name[65];
     char path[PATH_MAX];   /* the laptop folder, or file (real path) */
     char folder[PATH_MAX]; /* the folder watched: path, or a file's folder */
@@ -81,10 +82,10 @@ struct session {
     ctl_t *ctl;
     struct dp_proxy *dp;
     pthread_mutex_t lock;
-    int sup_fd;              /* the supervisor protocol, on the exec channel */
-    unsigned exec_gen;       /* the exec channel generation sup_fd belongs to */
+    int sup_fd;        /* the supervisor protocol, on the exec channel */
+    unsigned exec_gen; /* the exec channel generation sup_fd belongs to */
     pthread_mutex_t msg_lock;
-    char exec_msg[512]; /* why the last exec channel ended, when it did */
+    char exec_msg[512];      /* why the last exec channel ended, when it did */
     char rbuf[LINE_MAX_LEN]; /* what was read from it past the last reply line */
     size_t rlen;
     unsigned owed; /* replies to requests that timed out: skipped when they come */
@@ -102,7 +103,10 @@ struct session {
 };
 
 static volatile sig_atomic_t got_signal;
-static void on_signal(int sig) { got_signal = sig; }
+static void on_signal(int sig)
+{
+    got_signal = sig;
+}
 
 static long long mono_s(void)
 {
@@ -296,7 +300,7 @@ static int sup_attach(struct session *s, char *err, size_t errlen)
     }
     if (strncmp(reply, "OK 1 ", 5) != 0) {
         xfmt(err, errlen, "the cloud side refused the session: %s",
-                 strncmp(reply, "ERR ", 4) == 0 ? reply + 4 : reply);
+             strncmp(reply, "ERR ", 4) == 0 ? reply + 4 : reply);
         return -EPROTO;
     }
     return 0;
@@ -924,6 +928,34 @@ static void *events_main(void *arg)
 
 /* ---- status ---- */
 
+/* The cloud side's STATUS document (docs/connect.md), or NULL when there are no shares or it
+ * cannot be asked. s->lock held. */
+static json_t *cloud_status(struct session *s)
+{
+    char *reply = malloc(LINE_MAX_LEN), *doc = NULL;
+    json_t *root = NULL;
+    if (reply && s->nex > 0 && sup_call(s, "STATUS", reply, LINE_MAX_LEN) == 0 &&
+        strncmp(reply, "STATUS ", 7) == 0 && unb64(reply + 7, &doc) == 0)
+        root = json_loads(doc, 0, NULL);
+    free(doc);
+    free(reply);
+    return root;
+}
+
+/* Is the cloud side's mount of share 'name' live (its change feed applied)? From cloud_status. */
+static bool mount_live(json_t *status, const char *name)
+{
+    size_t i;
+    json_t *m;
+    json_array_foreach(json_object_get(status, "mounts"), i, m)
+    {
+        const char *n = json_string_value(json_object_get(m, "name"));
+        if (n && strcmp(n, name) == 0)
+            return json_is_true(json_object_get(m, "live"));
+    }
+    return false;
+}
+
 static char *status_json(struct session *s)
 {
     struct ctl_stats cs;
@@ -941,14 +973,18 @@ static char *status_json(struct session *s)
     json_object_set_new(o, "containers_running", json_integer(atomic_load(&s->running)));
     json_object_set_new(o, "idle_timeout_s", json_integer(s->idle_s));
     pthread_mutex_lock(&s->lock);
+    json_t *cloud = cloud_status(s);
     for (int i = 0; i < s->nex; i++) {
         struct fa_stats fs;
         fa_get_stats(s->ex[i].fa, &fs);
-        json_array_append_new(ex, json_pack("{s:s,s:s,s:b,s:i,s:I}", "laptop", s->ex[i].path,
-                                            "cloud", s->ex[i].mnt, "ro", s->ex[i].ro,
-                                            "remote_port", s->ex[i].rport, "feed_batches",
-                                            (json_int_t)fs.batches));
+        /* live: the cloud side's mount follows the change feed (before that, and while the
+         * feed is down, it is served over SFTP with the TTL) */
+        json_array_append_new(ex, json_pack("{s:s,s:s,s:b,s:i,s:I,s:b}", "laptop", s->ex[i].path,
+                                            "cloud", s->ex[i].mnt, "ro", s->ex[i].ro, "remote_port",
+                                            s->ex[i].rport, "feed_batches", (json_int_t)fs.batches,
+                                            "live", mount_live(cloud, s->ex[i].name)));
     }
+    json_decref(cloud);
     pthread_mutex_unlock(&s->lock);
     json_object_set_new(o, "shares", ex);
     pthread_mutex_lock(&s->port_lock);
@@ -1030,17 +1066,16 @@ static void serve_ctl_request(struct session *s)
  * container that had it bound keeps a dead bind until it is restarted: that is said. */
 static void check_mounts(struct session *s)
 {
-    char *reply = malloc(LINE_MAX_LEN), *doc = NULL;
+    char *reply = malloc(LINE_MAX_LEN);
     if (!reply)
         return;
     pthread_mutex_lock(&s->lock);
-    if (s->nex == 0 || sup_call(s, "STATUS", reply, LINE_MAX_LEN) != 0 ||
-        strncmp(reply, "STATUS ", 7) != 0 || unb64(reply + 7, &doc) != 0) {
+    json_t *root = cloud_status(s);
+    if (root == NULL) {
         pthread_mutex_unlock(&s->lock);
         free(reply);
         return;
     }
-    json_t *root = json_loads(doc, 0, NULL);
     json_t *mounts = json_object_get(root, "mounts");
     for (int k = 0; k < s->nex; k++) {
         struct export *e = &s->ex[k];
@@ -1067,7 +1102,6 @@ static void check_mounts(struct session *s)
     }
     json_decref(root);
     pthread_mutex_unlock(&s->lock);
-    free(doc);
     free(reply);
 }
 
@@ -1089,9 +1123,9 @@ static void status_line(struct session *s)
         ports += s->fw[i].used;
     pthread_mutex_unlock(&s->port_lock);
     xfmt(now, sizeof(now), "%s: link %s; %d share%s, %d container%s running, %d port%s", s->host,
-             cs.connected ? "up" : "down, reconnecting", nex, nex == 1 ? "" : "s",
-             atomic_load(&s->running), atomic_load(&s->running) == 1 ? "" : "s", ports,
-             ports == 1 ? "" : "s");
+         cs.connected ? "up" : "down, reconnecting", nex, nex == 1 ? "" : "s",
+         atomic_load(&s->running), atomic_load(&s->running) == 1 ? "" : "s", ports,
+         ports == 1 ? "" : "s");
     if (strcmp(now, last) != 0) {
         say(s, "%s", now);
         snprintf(last, sizeof(last), "%s", now);
@@ -1121,8 +1155,14 @@ static bool context_set(struct session *s)
     char host[PATH_MAX + 32];
     snprintf(host, sizeof(host), "host=unix://%s/docker.sock", s->state);
     char *rm[] = {"docker", "context", "rm", "-f", "offload", NULL};
-    char *mk[] = {"docker", "context", "create", "offload", "--description",
-                  "offload connect: a cloud engine with this machine's files", "--docker", host,
+    char *mk[] = {"docker",
+                  "context",
+                  "create",
+                  "offload",
+                  "--description",
+                  "offload connect: a cloud engine with this machine's files",
+                  "--docker",
+                  host,
                   NULL};
     char *use[] = {"docker", "context", "use", "offload", NULL};
     char *def[] = {"docker", "context", "use", "default", NULL};
@@ -1176,8 +1216,9 @@ static void on_link(void *arg, const struct ctl_event *ev)
     struct session *s = arg;
     switch (ev->kind) {
     case CTL_EV_LOST:
-        say(s, "lost the link to %s (%s); the shares keep serving what the cloud caches, "
-               "reconnecting",
+        say(s,
+            "lost the link to %s (%s); the shares keep serving what the cloud caches, "
+            "reconnecting",
             s->host, ev->msg ? ev->msg : "?");
         break;
     case CTL_EV_RETRY:
@@ -1215,19 +1256,18 @@ static void on_link(void *arg, const struct ctl_event *ev)
 
 int cmd_connect(int argc, char **argv)
 {
-    static const struct option longopts[] = {
-        {"ssh-config", required_argument, NULL, 'F'},
-        {"identity", required_argument, NULL, 'i'},
-        {"port", required_argument, NULL, 'p'},
-        {"idle", required_argument, NULL, 'I'},
-        {"detach", no_argument, NULL, 'D'},
-        {"print-env", no_argument, NULL, 'E'},
-        {"remote-offload", required_argument, NULL, 'R'},
-        {"docker-socket", required_argument, NULL, 'S'},
-        {"remote-base", required_argument, NULL, 'B'},
-        {"verbose", no_argument, NULL, 'v'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0}};
+    static const struct option longopts[] = {{"ssh-config", required_argument, NULL, 'F'},
+                                             {"identity", required_argument, NULL, 'i'},
+                                             {"port", required_argument, NULL, 'p'},
+                                             {"idle", required_argument, NULL, 'I'},
+                                             {"detach", no_argument, NULL, 'D'},
+                                             {"print-env", no_argument, NULL, 'E'},
+                                             {"remote-offload", required_argument, NULL, 'R'},
+                                             {"docker-socket", required_argument, NULL, 'S'},
+                                             {"remote-base", required_argument, NULL, 'B'},
+                                             {"verbose", no_argument, NULL, 'v'},
+                                             {"help", no_argument, NULL, 'h'},
+                                             {NULL, 0, NULL, 0}};
     static struct session sess;
     struct session *s = &sess;
     const char *ssh_config = NULL, *identity = NULL;
@@ -1306,9 +1346,8 @@ int cmd_connect(int argc, char **argv)
     int old = ctl_sock_connect(s->state);
     if (old >= 0) {
         close(old);
-        fprintf(stderr,
-                "offload connect: a session is already connected (see 'offload status'; "
-                "'offload disconnect' ends it)\n");
+        fprintf(stderr, "offload connect: a session is already connected (see 'offload status'; "
+                        "'offload disconnect' ends it)\n");
         return 1;
     }
     char p[PATH_MAX + 32];
@@ -1397,8 +1436,8 @@ int cmd_connect(int argc, char **argv)
 
     /* the tunnel, and the cloud side's supervisor on its exec channel */
     char remote_cmd[PATH_MAX * 2 + 128];
-    xfmt(remote_cmd, sizeof(remote_cmd), "%s mountd --session %s%s%s", s->remote_offload,
-             s->id, *s->base ? " --base " : "", s->base);
+    xfmt(remote_cmd, sizeof(remote_cmd), "%s mountd --session %s%s%s", s->remote_offload, s->id,
+         *s->base ? " --base " : "", s->base);
     struct ctl_opts co = {.ssh = {.dest = s->host,
                                   .port = port,
                                   .ssh_config = ssh_config,
@@ -1455,10 +1494,11 @@ int cmd_connect(int argc, char **argv)
     if (pthread_create(&ev_thr, NULL, events_main, s) == 0)
         ev_started = true;
     atomic_store(&s->last_file_activity, mono_s());
-    fprintf(stderr,
-            "offload connect: connected to %s (session %s); docker %s; idle timeout %s\n",
+    fprintf(stderr, "offload connect: connected to %s (session %s); docker %s; idle timeout %s\n",
             s->host, s->id,
-            ctx ? "context 'offload' selected" : print_env ? "via DOCKER_HOST" : "socket ready",
+            ctx         ? "context 'offload' selected"
+            : print_env ? "via DOCKER_HOST"
+                        : "socket ready",
             idle_ms ? "on" : "off");
     fflush(stdout);
 
@@ -1618,9 +1658,12 @@ int cmd_status(int argc, char **argv)
     json_t *e;
     json_array_foreach(json_object_get(o, "shares"), i, e)
     {
-        printf("share: %s -> %s%s\n", json_string_value(json_object_get(e, "laptop")),
+        printf("share: %s -> %s%s%s\n", json_string_value(json_object_get(e, "laptop")),
                json_string_value(json_object_get(e, "cloud")),
-               json_is_true(json_object_get(e, "ro")) ? " (read-only)" : "");
+               json_is_true(json_object_get(e, "ro")) ? " (read-only)" : "",
+               json_is_true(json_object_get(e, "live"))
+                   ? ", live"
+                   : ", not live yet (served over SFTP with the TTL until the feed is in)");
     }
     json_array_foreach(json_object_get(o, "ports"), i, e)
     {
@@ -1655,4 +1698,3 @@ int cmd_disconnect(int argc, char **argv)
     fprintf(stderr, "offload disconnect: the session did not end within 60 s\n");
     return 1;
 }
-

@@ -70,6 +70,12 @@ dk run --rm --network none -v "$LAP/src:/app" offload-test:busybox \
 diff "$T/laptop.sums" "$T/container.sums" >/dev/null ||
 	fail "the container does not see exactly the laptop files: $(diff "$T/laptop.sums" "$T/container.sums" | head -5)"
 pass "docker run -v \$PWD/src:/app: the container sees exactly the laptop files (md5 of all 42)"
+# the cloud side's mount appeared before its snapshot (served over SFTP meanwhile): the share
+# shows as live once the feed is in
+for _ in $(seq 300); do "$OFFLOAD_BIN" status --json | grep -q '"live":false' || break; sleep 0.1; done
+"$OFFLOAD_BIN" status >"$T/status" || fail "offload status: $(cat "$T/status")"
+grep -q "^share: $LAP/src -> .*, live$" "$T/status" || fail "offload status: the share is not live: $(cat "$T/status")"
+pass "offload status: the share is live once the feed's snapshot is in"
 
 # --- the bind source is a mountd path ---------------------------------------------------------------
 dk run -d --name keeper --network none -v "$LAP/src:/app" offload-test:busybox sleep 600 >/dev/null
