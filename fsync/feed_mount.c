@@ -81,6 +81,8 @@ struct fm {
     size_t n_rq, cap_rq;
     int64_t *keep; /* rows written back lately: a snapshot must not prune them */
     size_t n_keep;
+    int64_t *grown; /* folders that got new names in the open batch: their listings go after it */
+    size_t n_grown, cap_grown;
 };
 
 /* --- held set and outgoing frames (any thread) --------------------------------------------- */
@@ -337,6 +339,17 @@ static bool echo_content(struct fm *fm, const char *rel)
     return (fm->tags && strcmp(rel, fm->echo_of) == 0) || echo(fm, rel, EK_CONTENT);
 }
 
+static bool grow_grown(struct fm *fm)
+{
+    size_t cap = fm->cap_grown ? fm->cap_grown * 2 : 64;
+    int64_t *v = realloc(fm->grown, cap * sizeof(*v));
+    if (!v)
+        return false;
+    fm->grown = v;
+    fm->cap_grown = cap;
+    return true;
+}
+
 static int apply_entry(struct fm *fm, const struct feed_entry *e)
 {
     struct mountd *m = fm->m;
@@ -478,8 +491,14 @@ static int apply_entry(struct fm *fm, const struct feed_entry *e)
         md_file_changed(m, f.id, f.version); /* before the invalidation: see op_read */
     if (known && meta)
         md_queue_inval(m, (fuse_ino_t)f.id);
-    if (!known && *e->path && fm->snap_seen) {
+    /* the mount was served before this batch (a live feed, or one that was lost, or a mount
+     * made before its first snapshot: --snapshot-wait) */
+    bool served = fm->snap_seen || atomic_load(&m->mounted);
+    if (!known && *e->path && served) {
         md_queue_inval_entry(m, (fuse_ino_t)parent.id, base); /* a negative dentry */
+        if ((fm->n_grown == 0 || fm->grown[fm->n_grown - 1] != parent.id) &&
+            (fm->n_grown < fm->cap_grown || grow_grown(fm)))
+            fm->grown[fm->n_grown++] = parent.id;
         if (m->o.debug)
             md_log(m, "feed: new entry '%s'", e->path);
     }
@@ -605,8 +624,9 @@ static int apply_data(struct fm *fm, const struct feed_msg *msg)
     struct mountd *m = fm->m;
     struct idx_file f;
     int r;
-    if (fm->hfile == -1 && echo_content(fm, msg->u.data.path))
-        return 0; /* the DATA of a change we made ourselves */
+    if (fm->hfile == -1)
+        return 0; /* the DATA of a change whose HASHES were taken for our own (decided there:
+                   * whether it is still an echo may have changed since, once written back) */
     if ((r = idx_resolve(m->idx, msg->u.data.path, &f)) < 0 || !S_ISREG(f.mode) ||
         f.id != fm->hfile)
         return -EPROTO;
@@ -707,6 +727,7 @@ static int on_frame(struct fm *fm, const struct feed_msg *msg, uint64_t *ack)
         msg->type != FEED_ERROR) {
         idx_begin(m->idx);
         fm->in_batch = true;
+        fm->n_grown = 0;
         fm->stamp = md_wall_ns();
     }
     switch (msg->type) {
@@ -755,6 +776,13 @@ static int on_frame(struct fm *fm, const struct feed_msg *msg, uint64_t *ack)
         if (fm->in_batch && (r = idx_commit(m->idx)) < 0)
             return r;
         fm->in_batch = false;
+        /* A folder's listing the kernel cached while the batch was applied (a snapshot sends a
+         * folder before its children) may lack the names added after it, and a name never
+         * looked up has no dentry whose invalidation would drop that listing: drop the
+         * listings of the folders that got new names now, with all of them in. */
+        for (size_t i = 0; i < fm->n_grown; i++)
+            md_queue_inval(m, (fuse_ino_t)fm->grown[i]);
+        fm->n_grown = 0;
         reflect_queued(fm, true);
         fm->batches++;
         FS_STAT_ADD(&m->st, feed_batches, 1);
@@ -1003,6 +1031,7 @@ void fm_stop(struct mountd *m)
     buf_free(&fm->out);
     free(fm->rq);
     free(fm->keep);
+    free(fm->grown);
     free(fm->held);
     free(fm->hh);
     pthread_cond_destroy(&fm->snap_cond);
