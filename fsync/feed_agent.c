@@ -32,6 +32,9 @@
 #define DATA_MAX_BATCH  (64u << 20) /* bytes of DATA kept for one batch */
 #define SEND_CHUNK      (1u << 20)
 #define HASHES_MAX      4096 /* hashes in one HASHES frame */
+/* A file only its writer's mount follows is hashed once it has been quiet this long (see
+ * only_writer_follows): a 1 GiB write through the mount was hashed whole at every batch */
+#define HASH_QUIET_NS (1000LL * 1000000)
 
 enum op_kind { OP_ENTRY, OP_REMOVE, OP_RENAME, OP_HASHES, OP_DATA };
 
@@ -112,10 +115,16 @@ struct fa {
         char *path;
     } * to_hash;                   /* files a mount started to hold: hash them; protected by lock */
     size_t n_to_hash, cap_to_hash; /* protected by lock */
-    bool stop;                     /* protected by lock */
-    struct fa_stats stats;         /* protected by lock */
-    uint8_t *blockbuf;             /* agent thread only */
-    atomic_int inflight;           /* requests of named SFTP clients being carried out */
+    struct deferred_hash {
+        struct fa_export *ex;
+        char *path;
+        int64_t due;                 /* now_ns() after which it goes to to_hash */
+    } * deferred;                    /* agent thread only */
+    size_t n_deferred, cap_deferred; /* agent thread only */
+    bool stop;                       /* protected by lock */
+    struct fa_stats stats;           /* protected by lock */
+    uint8_t *blockbuf;               /* agent thread only */
+    atomic_int inflight;             /* requests of named SFTP clients being carried out */
 };
 
 static void vlog(const fa_t *fa, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -593,6 +602,84 @@ static int hash_file(fa_t *fa, struct fa_export *ex, const char *rel, const stru
 
 static int sync_path(fa_t *fa, struct fa_export *ex, const char *rel, bool deep, struct batch *b);
 
+/* Is the file at 'rel', as f describes it, a state one SFTP client's own change left, and is
+ * that client's mount the only subscriber of the export? Then nobody needs its block hashes
+ * now: the writer's mount leaves its own changes alone (docs/feed.md, step 6). Its ENTRY still
+ * goes out (tagged OWN); the hashing waits until the file is quiet (defer_hash). A mount that
+ * subscribes meanwhile gets the file in its snapshot and asks for hashes by HOLD as usual; a
+ * later change of a file without hashes is announced as all blocks changed. */
+static bool only_writer_follows(fa_t *fa, struct fa_export *ex, const char *rel,
+                                const struct idx_file *f)
+{
+    uint64_t c = own_client(fa, ex, rel, f);
+    if (c == 0 || !client_touched(fa, ex, rel))
+        return false;
+    bool only = true;
+    pthread_mutex_lock(&fa->lock);
+    for (struct fa_sub *s = fa->subs; s && only; s = s->next)
+        if (s->ex == ex && !s->dead && s->client != c)
+            only = false;
+    pthread_mutex_unlock(&fa->lock);
+    return only;
+}
+
+/* Hash 'rel' once it has been quiet for HASH_QUIET_NS (agent thread). */
+static int defer_hash(fa_t *fa, struct fa_export *ex, const char *rel)
+{
+    int64_t due = now_ns() + HASH_QUIET_NS;
+    for (size_t i = 0; i < fa->n_deferred; i++)
+        if (fa->deferred[i].ex == ex && strcmp(fa->deferred[i].path, rel) == 0) {
+            fa->deferred[i].due = due;
+            return 0;
+        }
+    if (fa->n_deferred == fa->cap_deferred) {
+        size_t cap = fa->cap_deferred ? fa->cap_deferred * 2 : 16;
+        void *v = realloc(fa->deferred, cap * sizeof(*fa->deferred));
+        if (!v)
+            return -ENOMEM;
+        fa->deferred = v;
+        fa->cap_deferred = cap;
+    }
+    char *p = strdup(rel);
+    if (!p)
+        return -ENOMEM;
+    fa->deferred[fa->n_deferred++] = (struct deferred_hash){ex, p, due};
+    return 0;
+}
+
+/* Deferred files that are quiet now go to hash_held (which hashes a file only when its current
+ * version has no hashes yet). Returns the ms until the next one is due, or -1. */
+static int promote_deferred(fa_t *fa)
+{
+    int64_t now = now_ns(), next = -1;
+    for (size_t i = 0; i < fa->n_deferred;) {
+        struct deferred_hash *d = &fa->deferred[i];
+        if (d->due > now) {
+            if (next < 0 || d->due - now < next)
+                next = d->due - now;
+            i++;
+            continue;
+        }
+        pthread_mutex_lock(&fa->lock);
+        if (fa->n_to_hash == fa->cap_to_hash) {
+            size_t cap = fa->cap_to_hash ? fa->cap_to_hash * 2 : 16;
+            void *v = realloc(fa->to_hash, cap * sizeof(*fa->to_hash));
+            if (v) {
+                fa->to_hash = v;
+                fa->cap_to_hash = cap;
+            }
+        }
+        if (fa->n_to_hash < fa->cap_to_hash) {
+            fa->to_hash[fa->n_to_hash++] = (struct hold_req){d->ex, d->path};
+            d->path = NULL;
+        }
+        pthread_mutex_unlock(&fa->lock);
+        free(d->path); /* not queued (no memory): hashed at its next change instead */
+        *d = fa->deferred[--fa->n_deferred];
+    }
+    return next < 0 ? -1 : (int)(next / 1000000) + 1;
+}
+
 static int64_t ts_ns(struct timespec t)
 {
     return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
@@ -730,6 +817,15 @@ static int sync_path(fa_t *fa, struct fa_export *ex, const char *rel, bool deep,
 
     int fd = -1;
     if (S_ISREG(st.st_mode) && ex->started && *rel) {
+        /* a big file a client is writing: look between two of its requests, so that the state
+         * seen is one a request left and can be told as the client's own (only_writer_follows:
+         * then it is not hashed whole again for every batch of the write) */
+        if (st.st_size > (off_t)FA_BLOCK * 16 && atomic_load(&fa->inflight) > 0 &&
+            client_touched(fa, ex, rel))
+            for (int i = 0; i < 10 && atomic_load(&fa->inflight) > 0; i++) {
+                struct timespec ts = {0, 200 * 1000};
+                nanosleep(&ts, NULL);
+            }
         /* the row describes the inode whose blocks are hashed below: open it first and take its
          * stat from the open file (a rename over the path in between cannot pair one file's
          * metadata with another's hashes) */
@@ -793,7 +889,9 @@ static int sync_path(fa_t *fa, struct fa_export *ex, const char *rel, bool deep,
     r = 0;
     /* the first scan records metadata only: blocks are hashed when a file changes, or when a
      * mount starts to hold it (HOLD), like git's index hashes what it must */
-    if (S_ISREG(st.st_mode) && content && ex->started)
+    if (S_ISREG(st.st_mode) && content && ex->started && b && only_writer_follows(fa, ex, rel, &f))
+        r = defer_hash(fa, ex, rel);
+    else if (S_ISREG(st.st_mode) && content && ex->started)
         r = hash_file(fa, ex, rel, &f, had_blocks ? &oh : NULL, b, fd);
     else if (S_ISDIR(st.st_mode) && (!known || deep || old.mtime_ns != f.mtime_ns))
         /* a folder whose mtime moved is listed again: a name that came and went between two
@@ -1242,7 +1340,7 @@ static void hash_held(fa_t *fa)
             idx_begin(h.ex->idx);
             hash_file(fa, h.ex, h.path, &f, NULL, NULL, -1);
             idx_commit(h.ex->idx);
-            vlog(fa, "hashed '%s' for a mount that holds it", h.path);
+            vlog(fa, "hashed '%s' (a mount holds it, or a client's write is over)", h.path);
         }
         free(h.path);
     }
@@ -1287,6 +1385,9 @@ static void *agent_main(void *arg)
             if (t >= 0 && (timeout < 0 || t < timeout))
                 timeout = t;
         }
+        int dt = promote_deferred(fa);
+        if (dt >= 0 && (timeout < 0 || dt < timeout))
+            timeout = dt;
         if (poll(pf, n, timeout) < 0 && errno != EINTR)
             break;
         if (pf[0].revents) {
@@ -1296,6 +1397,7 @@ static void *agent_main(void *arg)
         }
         reap(fa);
         serve_new_subscribers(fa);
+        promote_deferred(fa);
         hash_held(fa);
         for (size_t i = 0; i < fa->nex; i++) {
             struct fa_export *ex = &fa->ex[i];
@@ -1520,6 +1622,9 @@ void fa_free(fa_t *fa)
     for (size_t i = 0; i < fa->n_to_hash; i++)
         free(fa->to_hash[i].path);
     free(fa->to_hash);
+    for (size_t i = 0; i < fa->n_deferred; i++)
+        free(fa->deferred[i].path);
+    free(fa->deferred);
     close(fa->wake_fd);
     pthread_mutex_destroy(&fa->lock);
     for (size_t i = 0; i < fa->nex; i++)

@@ -93,6 +93,21 @@ done
 [[ ! -e $MNT/mv-me.txt && $(cat "$MNT/mv-moved.txt" 2>&1) == container ]] ||
 	fail "a laptop mv right after the container's write: the mount has $(ls "$MNT" | grep mv- | tr '\n' ' ')"
 pass "feed: a laptop rm and mv right after a container's write to the same files reach the mount at once"
+# A big file written through the mount while no other mount follows the export: the agent hashes
+# it once it is quiet, not at every batch of the write (feed_agent.c, only_writer_follows). A
+# laptop edit before that hash and one after it both reach the mount, byte for byte.
+head -c $((8 << 20)) /dev/urandom >"$T/big.src"
+dd if="$T/big.src" of="$MNT/big.bin" bs=256k conv=fsync status=none || fail "writing the big file failed"
+cmp "$T/big.src" "$SRC/big.bin" || fail "the big file on the laptop differs from what was written"
+edit_big() { # OFFSET TEXT: a laptop edit in place, then wait until the mount shows it
+	printf '%s' "$2" | dd of="$SRC/big.bin" bs=1 seek="$1" conv=notrunc status=none
+	for _ in $(seq 100); do cmp -s "$SRC/big.bin" "$MNT/big.bin" && return 0; sleep 0.1; done
+	fail "a laptop edit at $1 of a big file written through the mount: $(cmp "$SRC/big.bin" "$MNT/big.bin" 2>&1)"
+}
+edit_big $((3 << 20)) "laptop edit before the hash"
+sleep 1.5 # past the agent's quiet time (1 s): it hashes the file now
+edit_big $((5 << 20)) "laptop edit after the hash"
+pass "feed: a big file written through the mount, then edited on the laptop twice: the mount follows"
 mkdir -p "$MNT/fsx"
 "$FSX" --seed 7 --ops 2000 --check-dir "$SRC/fsx" "$MNT/fsx/a" "$MNT/fsx/b" "$MNT/fsx/c" >"$T/fsx.out" 2>&1 ||
 	fail "fsx on the mount: $(grep -v '^  #' "$T/fsx.out" | head -3)"
