@@ -1822,6 +1822,66 @@ static void queue_siblings(struct mountd *m, struct ofile *of)
     free(c);
 }
 
+/* Under a live feed the whole tree is in the index, so a cold read can queue what a reader
+ * walking the tree reads next: the small files after this one in its folder, in the folders
+ * below it, then in the folders after it, up to the root, in listing order (the order tar, cp
+ * -r and find follow), at most PF_AHEAD files. Before, only the folder's own files were queued,
+ * so the first file of every folder cost the reader two round trips of its own: with ~6 files a
+ * folder in a node_modules tree, that was most of a cold read of everything. */
+struct ahead_ctx {
+    struct mountd *m;
+    int64_t ids[PF_AHEAD];
+    size_t n;
+    int depth;
+};
+
+static int ahead_each(void *arg, const struct idx_file *f)
+{
+    struct ahead_ctx *c = arg;
+    if (S_ISREG(f->mode) && f->size > 0 && f->size <= PF_FILE_MAX)
+        c->ids[c->n++] = f->id;
+    else if (S_ISDIR(f->mode) && c->depth < 64) {
+        c->depth++;
+        idx_children(c->m->idx, f->id, 0, ahead_each, c);
+        c->depth--;
+    }
+    return c->n >= PF_AHEAD;
+}
+
+static void queue_ahead(struct mountd *m, struct ofile *of)
+{
+    struct ahead_ctx *c;
+    struct idx_file cur, parent;
+
+    if (idx_cached_bytes(m->idx) > m->budget / 10 * 9 || (c = calloc(1, sizeof(*c))) == NULL)
+        return;
+    c->m = m;
+    pthread_mutex_lock(&of->lock);
+    cur = of->want;
+    pthread_mutex_unlock(&of->lock);
+    /* from this file on, then each folder's following entries on the way up */
+    while (c->n < PF_AHEAD && cur.parent != 0 && idx_get(m->idx, cur.parent, &parent) == 0) {
+        idx_children(m->idx, parent.id, cur.row, ahead_each, c);
+        cur = parent;
+    }
+    pthread_mutex_lock(&m->bg_lock);
+    /* the reader has moved on: what was queued for an earlier position and not started yet
+     * goes, the new run takes its place */
+    m->pf_head = m->n_pf_files = 0;
+    if (m->cap_pf_files < c->n) {
+        int64_t *n = realloc(m->pf_files, PF_AHEAD * sizeof(*n));
+        if (n) {
+            m->pf_files = n;
+            m->cap_pf_files = PF_AHEAD;
+        }
+    }
+    for (size_t i = 0; i < c->n && i < m->cap_pf_files; i++)
+        m->pf_files[m->n_pf_files++] = c->ids[i];
+    pthread_cond_broadcast(&m->pf_cond);
+    pthread_mutex_unlock(&m->bg_lock);
+    free(c);
+}
+
 static void prefetch_file(struct mountd *m, int64_t id)
 {
     struct idx_file f;
@@ -1879,7 +1939,8 @@ static void do_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
         md_log(m, "cannot read file %" PRId64 " at %lld: %s", of->id, (long long)off, strerror(-r));
         reply_err(req, r);
     } else {
-        if (missed && off == 0)
+        bool ahead = missed && off == 0 && atomic_load(&m->feed_live);
+        if (missed && off == 0 && !ahead)
             queue_siblings(m, of); /* a folder's files tend to be read together */
         struct fuse_bufvec bv = FUSE_BUFVEC_INIT(end - (uint64_t)off);
         bv.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
@@ -1898,6 +1959,8 @@ static void do_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
             FS_STAT_ADD(&m->st, late_invalidations, 1);
             md_queue_inval(m, ino);
         }
+        if (ahead)
+            queue_ahead(m, of); /* after the reply: a reader walking the tree reads these next */
     }
     of_put(m, of); /* after the reply: the fd stays open while the kernel reads it */
 }

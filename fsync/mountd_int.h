@@ -27,7 +27,8 @@
 #define FETCH_TRIES      3   /* a read retries this often after a stale handle or a change */
 #define OF_BUCKETS       1024
 #define OF_KEEP_MAX      1024 /* files kept loaded between reads when the kernel skips open */
-#define PF_THREADS       8    /* directory listings prefetched in parallel */
+#define PF_THREADS       32   /* listings and small files prefetched in parallel */
+#define PF_AHEAD         512  /* files queued ahead of a reader walking the tree (feed live) */
 #define PF_DEPTH         3    /* levels below a listing somebody asked for */
 #define PF_QUEUE_MAX     4096
 #define PF_FILE_MAX      (256 * 1024) /* files up to this size are fetched with their siblings */
