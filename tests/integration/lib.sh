@@ -50,6 +50,22 @@ _T_CLEANED=""
 # --- results -----------------------------------------------------------------
 
 # fail MESSAGE...: print "FAIL: MESSAGE" and exit 1 (the trap cleans up).
+# A plain unmount fails with EBUSY while any process is inside the mount, and mountd itself
+# stats what was just read or listed, 10 ms later (its attribute refresher): a test that
+# unmounts right after a read retries for a second, as a user would.
+fusermount3() {
+	local i rc err=/tmp/.offload-fusermount3.$$
+	for i in $(seq 10); do
+		command fusermount3 "$@" 2>"$err" && rc=0 && break
+		rc=1
+		grep -q "busy" "$err" || break
+		sleep 0.1
+	done
+	((rc == 0)) || cat "$err" >&2
+	rm -f "$err"
+	return "$rc"
+}
+
 fail() {
 	echo "FAIL: $*" >&2
 	exit 1
