@@ -623,6 +623,35 @@ static bool only_writer_follows(fa_t *fa, struct fa_export *ex, const char *rel,
     return only;
 }
 
+/* Queue 'path' (taken over: freed here when it cannot be queued) for hash_held. fa->lock held.
+ * Returns whether it was queued. */
+static bool queue_hash(fa_t *fa, struct fa_export *ex, char *path)
+{
+    if (path && fa->n_to_hash == fa->cap_to_hash) {
+        size_t cap = fa->cap_to_hash ? fa->cap_to_hash * 2 : 16;
+        void *v = realloc(fa->to_hash, cap * sizeof(*fa->to_hash));
+        if (v) {
+            fa->to_hash = v;
+            fa->cap_to_hash = cap;
+        }
+    }
+    if (!path || fa->n_to_hash == fa->cap_to_hash) {
+        free(path);
+        return false;
+    }
+    fa->to_hash[fa->n_to_hash++] = (struct hold_req){ex, path};
+    return true;
+}
+
+/* Wait (at most tries x 200 us) until no named client's request is being carried out. */
+static void wait_requests(fa_t *fa, int tries)
+{
+    for (int i = 0; i < tries && atomic_load(&fa->inflight) > 0; i++) {
+        struct timespec ts = {0, 200 * 1000};
+        nanosleep(&ts, NULL);
+    }
+}
+
 /* Hash 'rel' once it has been quiet for HASH_QUIET_NS (agent thread). */
 static int defer_hash(fa_t *fa, struct fa_export *ex, const char *rel)
 {
@@ -660,21 +689,10 @@ static int promote_deferred(fa_t *fa)
             i++;
             continue;
         }
+        /* not queued (no memory): hashed at its next change instead */
         pthread_mutex_lock(&fa->lock);
-        if (fa->n_to_hash == fa->cap_to_hash) {
-            size_t cap = fa->cap_to_hash ? fa->cap_to_hash * 2 : 16;
-            void *v = realloc(fa->to_hash, cap * sizeof(*fa->to_hash));
-            if (v) {
-                fa->to_hash = v;
-                fa->cap_to_hash = cap;
-            }
-        }
-        if (fa->n_to_hash < fa->cap_to_hash) {
-            fa->to_hash[fa->n_to_hash++] = (struct hold_req){d->ex, d->path};
-            d->path = NULL;
-        }
+        queue_hash(fa, d->ex, d->path);
         pthread_mutex_unlock(&fa->lock);
-        free(d->path); /* not queued (no memory): hashed at its next change instead */
         *d = fa->deferred[--fa->n_deferred];
     }
     return next < 0 ? -1 : (int)(next / 1000000) + 1;
@@ -822,10 +840,7 @@ static int sync_path(fa_t *fa, struct fa_export *ex, const char *rel, bool deep,
          * then it is not hashed whole again for every batch of the write) */
         if (st.st_size > (off_t)FA_BLOCK * 16 && atomic_load(&fa->inflight) > 0 &&
             client_touched(fa, ex, rel))
-            for (int i = 0; i < 10 && atomic_load(&fa->inflight) > 0; i++) {
-                struct timespec ts = {0, 200 * 1000};
-                nanosleep(&ts, NULL);
-            }
+            wait_requests(fa, 10);
         /* the row describes the inode whose blocks are hashed below: open it first and take its
          * stat from the open file (a rename over the path in between cannot pair one file's
          * metadata with another's hashes) */
@@ -1033,10 +1048,7 @@ static int encode_op(fa_t *fa, struct fa_sub *s, const struct op *o, struct buf 
  * made by a request whose hook has not run yet. */
 static void tag_own(fa_t *fa, struct fa_export *ex, struct batch *b)
 {
-    for (int i = 0; i < 100 && atomic_load(&fa->inflight) > 0; i++) {
-        struct timespec ts = {0, 200 * 1000};
-        nanosleep(&ts, NULL);
-    }
+    wait_requests(fa, 100);
     for (size_t i = 0; i < b->n; i++) {
         struct op *o = &b->v[i];
         if (o->kind == OP_ENTRY) {
@@ -1484,21 +1496,8 @@ static int hook_input(void *ctx, struct buf *rx)
             break;
         case FEED_HOLD:
             set_add(&s->held, m.u.path.path);
-            if (s->live && fa->n_to_hash < 4096) {
-                if (fa->n_to_hash == fa->cap_to_hash) {
-                    size_t cap = fa->cap_to_hash ? fa->cap_to_hash * 2 : 16;
-                    void *v = realloc(fa->to_hash, cap * sizeof(*fa->to_hash));
-                    if (v) {
-                        fa->to_hash = v;
-                        fa->cap_to_hash = cap;
-                    }
-                }
-                char *p = fa->n_to_hash < fa->cap_to_hash ? strdup(m.u.path.path) : NULL;
-                if (p) {
-                    fa->to_hash[fa->n_to_hash++] = (struct hold_req){s->ex, p};
-                    wake(fa);
-                }
-            }
+            if (s->live && fa->n_to_hash < 4096 && queue_hash(fa, s->ex, strdup(m.u.path.path)))
+                wake(fa);
             break;
         case FEED_DROP:
             set_del(&s->held, m.u.path.path);

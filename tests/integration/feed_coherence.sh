@@ -185,13 +185,19 @@ for op in "touch $MNT/x" "mkdir $MNT/d2" "rm $MNT/storm/f1" "chmod 600 $MNT/stor
 	grep -q "Read-only file system" "$T/nowrite.err" || fail "-o nowrite: '$op': $(cat "$T/nowrite.err")"
 done
 [[ ! -e $SRC/x && -e $SRC/storm/f1 ]] || fail "-o nowrite: a refused write reached the laptop"
-inotifywait -q -e modify,close_write --format '%e %f' "$MNT/storm" >"$T/nowrite.events" 2>/dev/null &
-watcher=$!
-sleep 0.5
-printf 'changed\n' >>"$SRC/storm/f3"
-for _ in $(seq 50); do [[ -s $T/nowrite.events ]] && break; sleep 0.1; done
-kill $watcher 2>/dev/null || true
-grep -q "f3" "$T/nowrite.events" || fail "-o nowrite: no inotify event for a laptop edit"
+# edit_watched FILE EVENTS: append to storm/FILE on the laptop while inotifywait watches the
+# mount's storm/; 0 if it reported FILE (its output in EVENTS)
+edit_watched() {
+	local watcher
+	inotifywait -q -e modify,close_write --format '%e %f' "$MNT/storm" >"$2" 2>/dev/null &
+	watcher=$!
+	sleep 0.5
+	printf 'changed\n' >>"$SRC/storm/$1"
+	for _ in $(seq 50); do [[ -s $2 ]] && break; sleep 0.1; done
+	kill "$watcher" 2>/dev/null || true
+	grep -q "$1" "$2"
+}
+edit_watched f3 "$T/nowrite.events" || fail "-o nowrite: no inotify event for a laptop edit"
 pass "-o nowrite: writes refused with EROFS by mountd, laptop edits still seen by inotify"
 
 # --- --snapshot-wait 0 (the cloud side of offload connect): the mount appears as soon as SFTP is
@@ -210,13 +216,7 @@ assert_eq true "$(counter feed_live)" "--snapshot-wait 0: the feed is live after
 names() { (cd "$1" && find . | sort | md5sum); }
 for _ in $(seq 300); do [[ $(names "$SRC/many") == "$(names "$MNT/many")" ]] && break; sleep 0.1; done
 assert_eq "$(names "$SRC/many")" "$(names "$MNT/many")" "--snapshot-wait 0: the 20k names, once live"
-inotifywait -q -e modify,close_write --format '%e %f' "$MNT/storm" >"$T/late.events" 2>/dev/null &
-watcher=$!
-sleep 0.5
-printf 'changed again\n' >>"$SRC/storm/f4"
-for _ in $(seq 50); do [[ -s $T/late.events ]] && break; sleep 0.1; done
-kill $watcher 2>/dev/null || true
-grep -q "f4" "$T/late.events" || fail "--snapshot-wait 0: no inotify event for a laptop edit"
+edit_watched f4 "$T/late.events" || fail "--snapshot-wait 0: no inotify event for a laptop edit"
 for _ in $(seq 100); do cmp -s "$SRC/storm/f4" "$MNT/storm/f4" && break; sleep 0.1; done
 cmp "$SRC/storm/f4" "$MNT/storm/f4" || fail "--snapshot-wait 0: a laptop edit did not arrive"
 pass "--snapshot-wait 0: mounted (feed live at that moment: $live_at_mount), served, then live with inotify"
