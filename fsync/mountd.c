@@ -232,28 +232,14 @@ void md_gone_cb(void *arg, int64_t id, uint64_t version)
 /* The server path of row id, or -ENOENT if a row on the way is gone. */
 int md_node_path(struct mountd *m, int64_t id, char *out, size_t len)
 {
-    char tmp[PATH_MAX];
-    size_t pos = sizeof(tmp) - 1;
-    struct idx_file f;
-    int r, depth = 0;
-
-    tmp[pos] = '\0';
-    while (id != IDX_ROOT_ID) {
-        size_t n;
-        if ((r = idx_get(m->idx, id, &f)) != 0)
-            return r;
-        n = strlen(f.name);
-        if (n + 1 > pos || ++depth > 4096)
-            return -ENAMETOOLONG;
-        pos -= n;
-        memcpy(tmp + pos, f.name, n);
-        tmp[--pos] = '/';
-        id = f.parent;
-    }
+    char rel[PATH_MAX];
+    int r = idx_path(m->idx, id, rel, sizeof(rel));
+    if (r != 0)
+        return r;
     if (strcmp(m->root, "/") == 0)
-        r = snprintf(out, len, "%s", pos == sizeof(tmp) - 1 ? "/" : tmp + pos);
+        r = snprintf(out, len, "%s", rel[0] ? rel : "/");
     else
-        r = snprintf(out, len, "%s%s", m->root, tmp + pos);
+        r = snprintf(out, len, "%s%s", m->root, rel);
     return (size_t)r >= len ? -ENAMETOOLONG : 0;
 }
 
@@ -1061,7 +1047,8 @@ static int of_load(struct mountd *m, struct ofile *of, const struct idx_file *f)
     of->next_seq = 0;
     of->ra = 0;
     of->ra_next = 0;
-    idx_blocks(m->idx, f->id, f->version, load_block, of);
+    if (nb > 0) /* an empty file (a new one, say) has no blocks to ask the index for */
+        idx_blocks(m->idx, f->id, f->version, load_block, of);
     return 0;
 }
 
@@ -1111,10 +1098,15 @@ static struct ofile *of_get(struct mountd *m, const struct idx_file *f, int *err
         of->kept = true;
         of->refs++;
         if (++m->n_kept > OF_KEEP_MAX) {
-            for (size_t i = 0; i < OF_BUCKETS; i++)
-                for (struct ofile *o = m->of_hash[i]; o; o = o->next)
-                    if (o->kept && o->refs == 1 && (!victim || o->last_use < victim->last_use))
+            /* about the least recently used: the oldest of the first few idle ones after a
+             * clock hand, not a walk of the whole table at every new file */
+            size_t k, seen = 0;
+            for (k = 0; k < OF_BUCKETS && seen < OF_EVICT_SAMPLE; k++)
+                for (struct ofile *o = m->of_hash[(m->of_hand + k) % OF_BUCKETS]; o; o = o->next)
+                    if (o->kept && o->refs == 1 && ++seen &&
+                        (!victim || o->last_use < victim->last_use))
                         victim = o;
+            m->of_hand = (m->of_hand + k) % OF_BUCKETS;
             if (victim) {
                 victim->kept = false;
                 m->n_kept--;

@@ -27,6 +27,7 @@
 #define FETCH_TRIES      3   /* a read retries this often after a stale handle or a change */
 #define OF_BUCKETS       1024
 #define OF_KEEP_MAX      1024 /* files kept loaded between reads when the kernel skips open */
+#define OF_EVICT_SAMPLE  16   /* kept files compared to choose the one to let go */
 #define PF_THREADS       32   /* listings and small files prefetched in parallel */
 #define PF_AHEAD         512  /* files queued ahead of a reader walking the tree (feed live) */
 #define PF_DEPTH         3    /* levels below a listing somebody asked for */
@@ -86,6 +87,7 @@ struct mountd {
     struct ofile *of_hash[OF_BUCKETS]; /* open files by id; protected by of_lock */
     size_t n_kept;                     /* ofiles kept by the table; of_lock */
     uint64_t of_tick;                  /* of_lock */
+    size_t of_hand;                    /* of_lock: where the next eviction looks first */
     bool no_open; /* the kernel can skip open/release: files are found by inode at read */
 
     pthread_mutex_t bg_lock;   /* protects the queues below and stopping */

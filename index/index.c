@@ -312,6 +312,15 @@ struct pin {
 };
 
 /* Lock order: idx->lock is the only lock; no callback is ever called with it held. */
+#define PATH_SLOTS    4096
+#define PATH_SLOT_MAX 240 /* longer paths are built each time */
+struct path_slot {
+    int64_t id;
+    uint64_t gen;
+    uint32_t len;
+    char path[PATH_SLOT_MAX];
+};
+
 struct idx {
     pthread_mutex_t lock;
     sqlite3 *db;                /* protected by lock */
@@ -335,7 +344,22 @@ struct idx {
     bool flusher_on, flusher_stop;
     pthread_t flusher;
     pthread_cond_t group_cv; /* flusher: a group opened; idx_sync: depth came back to 0 */
+    /* idx_path's memory of paths, by id: a slot counts while its gen is names_gen, which
+     * moves whenever a row's name or parent may have changed (a move, a deletion, a rollback,
+     * a failed statement); protected by lock */
+    struct path_slot *paths;
+    uint64_t names_gen;
+    int sync_waiters; /* idx_sync calls waiting for depth 0: only they need the wake-up
+                       * at the end of a batch (one per FUSE change otherwise, for a
+                       * flusher with nothing to do) */
 };
+
+/* A batch ended (lock held): wake the idx_sync calls waiting for it, if any. */
+static void batch_ended(idx_t *idx)
+{
+    if (idx->sync_waiters > 0)
+        pthread_cond_broadcast(&idx->group_cv);
+}
 
 /* Log a failed SQLite call once and turn it into a negative errno. */
 static int db_fail(idx_t *idx, const char *what)
@@ -362,8 +386,12 @@ static int step(idx_t *idx, enum stmt s)
 
     if (rc == SQLITE_ROW)
         return 1;
-    if (rc == SQLITE_DONE)
+    if (rc == SQLITE_DONE) {
+        if (s == S_FILE_MOVE || s == S_FILE_DELETE || s == S_ROLLBACK || s == S_ROLLBACK_TO)
+            idx->names_gen++; /* names may have changed: forget the paths */
         return 0;
+    }
+    idx->names_gen++; /* sqlite may have rolled the transaction back */
     return db_fail(idx, stmts[s].what);
 }
 
@@ -1207,6 +1235,7 @@ void idx_close(idx_t *idx)
     pthread_cond_destroy(&idx->group_cv);
     free(idx->pins);
     free(idx->gone);
+    free(idx->paths);
     free(idx);
 }
 
@@ -1278,8 +1307,10 @@ int idx_sync(idx_t *idx)
     int r;
 
     pthread_mutex_lock(&idx->lock);
+    idx->sync_waiters++;
     while (idx->group_open && idx->depth > 0)
         pthread_cond_wait(&idx->group_cv, &idx->lock);
+    idx->sync_waiters--;
     r = group_commit(idx, &calls, &n);
     pthread_mutex_unlock(&idx->lock);
     run_gone(calls, n);
@@ -1332,7 +1363,7 @@ int idx_commit(idx_t *idx)
     }
     if (--idx->depth > 0)
         goto out;
-    pthread_cond_broadcast(&idx->group_cv);
+    batch_ended(idx);
     if (sqlite3_get_autocommit(idx->db) || (idx->group_ns > 0 && !idx->group_open)) {
         r = batch_lost();
         idx->group_open = false;
@@ -1361,7 +1392,7 @@ int idx_rollback(idx_t *idx)
         goto out;
     }
     idx->depth = 0;
-    pthread_cond_broadcast(&idx->group_cv);
+    batch_ended(idx);
     if (idx->group_ns > 0 && idx->group_open && !sqlite3_get_autocommit(idx->db)) {
         /* only this batch: the group's finished ones stay */
         idx->gone_n = idx->gone_mark;
@@ -1435,6 +1466,59 @@ int idx_get(idx_t *idx, int64_t id, struct idx_file *out)
 
     pthread_mutex_lock(&idx->lock);
     r = get_locked(idx, id, out);
+    pthread_mutex_unlock(&idx->lock);
+    return r;
+}
+
+int idx_path(idx_t *idx, int64_t id, char *out, size_t len)
+{
+    char tmp[IDX_PATH_MAX];
+    size_t pos = sizeof(tmp) - 1;
+    struct idx_file f;
+    int64_t cur = id;
+    int r = 0, depth = 0;
+
+    tmp[pos] = '\0';
+    pthread_mutex_lock(&idx->lock);
+    if (idx->paths == NULL && (idx->paths = calloc(PATH_SLOTS, sizeof(*idx->paths))) != NULL)
+        idx->names_gen = 1;
+    while (cur != IDX_ROOT_ID) {
+        struct path_slot *ps = idx->paths ? &idx->paths[(uint64_t)cur % PATH_SLOTS] : NULL;
+        if (ps && ps->id == cur && ps->gen == idx->names_gen) {
+            if (ps->len > pos) {
+                r = -ENAMETOOLONG;
+                goto out;
+            }
+            pos -= ps->len;
+            memcpy(tmp + pos, ps->path, ps->len);
+            break;
+        }
+        if ((r = get_row_locked(idx, cur, &f)) < 0)
+            goto out;
+        size_t n = strlen(f.name);
+        if (n + 1 > pos || ++depth > 4096) {
+            r = -ENAMETOOLONG;
+            goto out;
+        }
+        pos -= n;
+        memcpy(tmp + pos, f.name, n);
+        tmp[--pos] = '/';
+        cur = f.parent;
+    }
+    size_t plen = sizeof(tmp) - 1 - pos;
+    if (plen + 1 > len) {
+        r = -ENAMETOOLONG;
+        goto out;
+    }
+    memcpy(out, tmp + pos, plen + 1);
+    if (idx->paths && id != IDX_ROOT_ID && plen < PATH_SLOT_MAX) {
+        struct path_slot *ps = &idx->paths[(uint64_t)id % PATH_SLOTS];
+        ps->id = id;
+        ps->gen = idx->names_gen;
+        ps->len = (uint32_t)plen;
+        memcpy(ps->path, tmp + pos, plen);
+    }
+out:
     pthread_mutex_unlock(&idx->lock);
     return r;
 }

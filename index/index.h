@@ -111,6 +111,10 @@ int idx_meta_set(idx_t *idx, const char *key, const char *val);
 /* Rows. -ENOENT if there is none; idx_lookup(0, "") is the root. */
 int idx_get(idx_t *idx, int64_t id, struct idx_file *out);
 int idx_lookup(idx_t *idx, int64_t parent, const char *name, struct idx_file *out);
+/* The path of row 'id' below the root, "/a/b" ("" for the root), into out; -ENOENT, or
+ * -ENAMETOOLONG when it does not fit in len. Paths asked for are remembered until a name may
+ * change (a move, a deletion, a rollback), so that the changes of one file cost no walk. */
+int idx_path(idx_t *idx, int64_t id, char *out, size_t len);
 
 /* The row of the relative path 'path' (components separated by '/', "" for the root), looked up
  * one component at a time from the root. -ENOENT if a component is missing, -ENAMETOOLONG for a

@@ -1238,6 +1238,46 @@ START_TEST(test_resolve_walks_paths_from_the_root)
 }
 END_TEST
 
+/* idx_path remembers paths: every way a name can change must show in the next answer. */
+START_TEST(test_path_follows_renames_deletes_and_rollbacks)
+{
+    struct seen s = {0};
+    char p[IDX_PATH_MAX];
+    int64_t d = put_dir(IDX_ROOT_ID, "d"), sub = put_dir(d, "sub"), f = put_file(sub, "f", 3);
+    int64_t e = put_dir(IDX_ROOT_ID, "e");
+
+    ck_assert_int_eq(idx_path(idx, IDX_ROOT_ID, p, sizeof(p)), 0);
+    ck_assert_str_eq(p, "");
+    ck_assert_int_eq(idx_path(idx, sub, p, sizeof(p)), 0);
+    ck_assert_str_eq(p, "/d/sub");
+    ck_assert_int_eq(idx_path(idx, f, p, sizeof(p)), 0); /* built on the remembered folder */
+    ck_assert_str_eq(p, "/d/sub/f");
+    ck_assert_int_eq(idx_path(idx, f, p, 8), -ENAMETOOLONG);
+    ck_assert_int_eq(idx_path(idx, f, p, 9), 0);
+
+    /* an ancestor moves: both remembered paths follow */
+    ck_assert_int_eq(idx_rename(idx, d, e, "moved", on_gone, &s), 0);
+    ck_assert_int_eq(idx_path(idx, f, p, sizeof(p)), 0);
+    ck_assert_str_eq(p, "/e/moved/sub/f");
+    ck_assert_int_eq(idx_path(idx, sub, p, sizeof(p)), 0);
+    ck_assert_str_eq(p, "/e/moved/sub");
+
+    /* a move inside a batch that is rolled back: the old path again */
+    ck_assert_int_eq(idx_begin(idx), 0);
+    ck_assert_int_eq(idx_rename(idx, f, e, "g", on_gone, &s), 0);
+    ck_assert_int_eq(idx_path(idx, f, p, sizeof(p)), 0);
+    ck_assert_str_eq(p, "/e/g");
+    ck_assert_int_eq(idx_rollback(idx), 0);
+    ck_assert_int_eq(idx_path(idx, f, p, sizeof(p)), 0);
+    ck_assert_str_eq(p, "/e/moved/sub/f");
+
+    /* deleted: gone, not remembered */
+    ck_assert_int_eq(idx_delete(idx, sub, on_gone, &s), 0);
+    ck_assert_int_eq(idx_path(idx, f, p, sizeof(p)), -ENOENT);
+    ck_assert_int_eq(idx_path(idx, sub, p, sizeof(p)), -ENOENT);
+}
+END_TEST
+
 /* ---- rename ---- */
 
 START_TEST(test_rename_moves_subtree_keeping_ids_and_blocks)
@@ -3136,6 +3176,7 @@ static Suite *index_suite(void)
     tcase_add_test(tc, test_delete_missing_is_enoent);
     tcase_add_test(tc, test_delete_root_refused);
     tcase_add_test(tc, test_resolve_walks_paths_from_the_root);
+    tcase_add_test(tc, test_path_follows_renames_deletes_and_rollbacks);
     tcase_add_test(tc, test_row_ids_never_reused);
     tcase_add_test(tc, test_blocks_truncate_drops_from_block_and_keeps_totals);
     tcase_add_test(tc, test_rename_moves_subtree_keeping_ids_and_blocks);
