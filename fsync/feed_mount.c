@@ -447,7 +447,11 @@ static int apply_entry(struct fm *fm, const struct feed_entry *e)
     f.dev = e->dev;
     f.ino = e->ino;
     f.attr_time_ns = fm->stamp;
-    f.list_time_ns = S_ISDIR(e->mode) ? fm->stamp : 0;
+    /* A snapshot sends a folder before its children: the folder is known whole only at the
+     * snapshot's end (SNAP_END marks them all). Until then a reader of a mount served during
+     * the snapshot (--snapshot-wait, a resubscribe) is answered by the last listing, or by the
+     * source, never by a folder half applied. 0 keeps the row's listing time. */
+    f.list_time_ns = S_ISDIR(e->mode) && !fm->in_snap ? fm->stamp : 0;
     int changed = idx_put(m->idx, &f);
     if (changed == -EBUSY) {
         /* written through the mount and not yet written back: the local copy wins until it is
@@ -761,6 +765,8 @@ static int on_frame(struct fm *fm, const struct feed_msg *msg, uint64_t *ack)
                 idx_touch_attr(m->idx, fm->keep[i], fm->stamp); /* not on the source yet */
             idx_prune_children(m->idx, IDX_ROOT_ID, fm->stamp, md_gone_cb, m);
             r = idx_children(m->idx, IDX_ROOT_ID, 0, prune_each, &p);
+            if (r >= 0)
+                r = idx_set_listed_all(m->idx, fm->stamp); /* every folder is whole now */
         }
         return r;
     case FEED_REMOVE:

@@ -131,6 +131,7 @@ enum stmt {
     S_NLINK_ADD,
     S_CHECK_ALIASES,
     S_FILE_LISTED,
+    S_DIRS_LISTED,
     S_LINK_SET,
     S_LINK_GET,
     S_CHILDREN,
@@ -221,6 +222,9 @@ static const struct {
                          "(SELECT 1 FROM files t WHERE t.id = a.alias AND t.alias = 0 "
                          "AND (t.mode & 61440) != 16384)"},
     [S_FILE_LISTED] = {"mark directory listed", "UPDATE files SET list_time_ns = ?2 WHERE id = ?1"},
+    [S_DIRS_LISTED] = {"mark every directory listed",
+                       "UPDATE files SET list_time_ns = ?1 WHERE (mode & 61440) = 16384 "
+                       "AND alias = 0"},
     [S_LINK_SET] = {"write link target", "UPDATE files SET link_target = ?2 WHERE id = ?1"},
     [S_LINK_GET] = {"read link target", "SELECT link_target FROM files WHERE id = ?1"},
     [S_CHILDREN] = {"list children", "SELECT " FILE_COLS " FROM files "
@@ -1699,6 +1703,17 @@ int idx_set_listed(idx_t *idx, int64_t dir, int64_t list_time_ns)
     sqlite3_bind_int64(idx->st[S_FILE_LISTED], 1, dir);
     sqlite3_bind_int64(idx->st[S_FILE_LISTED], 2, list_time_ns);
     r = update_one(idx, S_FILE_LISTED);
+    pthread_mutex_unlock(&idx->lock);
+    return r;
+}
+
+int idx_set_listed_all(idx_t *idx, int64_t list_time_ns)
+{
+    int r;
+
+    pthread_mutex_lock(&idx->lock);
+    sqlite3_bind_int64(idx->st[S_DIRS_LISTED], 1, list_time_ns);
+    r = exec(idx, S_DIRS_LISTED);
     pthread_mutex_unlock(&idx->lock);
     return r;
 }

@@ -147,6 +147,8 @@ int idx_put_keep_version(idx_t *idx, struct idx_file *f);
 /* Set the confirmation time of a row's metadata / directory listing. */
 int idx_touch_attr(idx_t *idx, int64_t id, int64_t attr_time_ns);
 int idx_set_listed(idx_t *idx, int64_t dir, int64_t list_time_ns);
+/* Every directory's listing time (a snapshot that is whole: each folder has all its names). */
+int idx_set_listed_all(idx_t *idx, int64_t list_time_ns);
 
 /* Delete a row, its blocks, and recursively its children and their blocks. A hard link row only
  * takes one off the link count of its file; a file whose own row is deleted while a hard link

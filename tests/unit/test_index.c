@@ -1102,6 +1102,23 @@ START_TEST(test_set_listed_sets_time)
 }
 END_TEST
 
+START_TEST(test_set_listed_all_marks_folders_only)
+{
+    struct idx_file got;
+    int64_t d = put_dir(IDX_ROOT_ID, "d"), sub = put_dir(d, "sub"), f = put_file(d, "f", 3);
+
+    ck_assert_int_eq(idx_set_listed_all(idx, 4242), 0);
+    ck_assert_int_eq(idx_get(idx, IDX_ROOT_ID, &got), 0);
+    ck_assert_int_eq(got.list_time_ns, 4242);
+    ck_assert_int_eq(idx_get(idx, d, &got), 0);
+    ck_assert_int_eq(got.list_time_ns, 4242);
+    ck_assert_int_eq(idx_get(idx, sub, &got), 0);
+    ck_assert_int_eq(got.list_time_ns, 4242);
+    ck_assert_int_eq(idx_get(idx, f, &got), 0);
+    ck_assert_int_eq(got.list_time_ns, 0);
+}
+END_TEST
+
 /* ---- children ---- */
 
 #define MANY_CHILDREN 200 /* more than one page of the iterator */
@@ -3164,6 +3181,7 @@ static Suite *index_suite(void)
     tcase_add_test(tc, test_touch_attr_sets_time);
     tcase_add_test(tc, test_touch_attr_missing_is_enoent);
     tcase_add_test(tc, test_set_listed_sets_time);
+    tcase_add_test(tc, test_set_listed_all_marks_folders_only);
 
     tc = tcase(s, "children");
     tcase_add_test(tc, test_children_iterate_in_id_order);
