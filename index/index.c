@@ -1707,15 +1707,21 @@ int idx_set_listed(idx_t *idx, int64_t dir, int64_t list_time_ns)
     return r;
 }
 
-int idx_set_listed_all(idx_t *idx, int64_t list_time_ns)
+/* Run statement s with ?1 = v under the lock; 'one': a row must change (else -ENOENT). */
+static int exec_i64(idx_t *idx, enum stmt s, int64_t v, bool one)
 {
     int r;
 
     pthread_mutex_lock(&idx->lock);
-    sqlite3_bind_int64(idx->st[S_DIRS_LISTED], 1, list_time_ns);
-    r = exec(idx, S_DIRS_LISTED);
+    sqlite3_bind_int64(idx->st[s], 1, v);
+    r = one ? update_one(idx, s) : exec(idx, s);
     pthread_mutex_unlock(&idx->lock);
     return r;
+}
+
+int idx_set_listed_all(idx_t *idx, int64_t list_time_ns)
+{
+    return exec_i64(idx, S_DIRS_LISTED, list_time_ns, false);
 }
 
 int idx_delete(idx_t *idx, int64_t id, void (*gone)(void *arg, int64_t id, uint64_t version),
@@ -2506,13 +2512,7 @@ out:
 
 int idx_journal_done(idx_t *idx, int64_t seq)
 {
-    int r;
-
-    pthread_mutex_lock(&idx->lock);
-    sqlite3_bind_int64(idx->st[S_J_DONE], 1, seq);
-    r = update_one(idx, S_J_DONE);
-    pthread_mutex_unlock(&idx->lock);
-    return r;
+    return exec_i64(idx, S_J_DONE, seq, true);
 }
 
 int idx_journal_count(idx_t *idx, int64_t file, int64_t upto_seq, uint64_t *n)
