@@ -92,11 +92,9 @@ static void row_done(void *arg, int err)
     if (err && !row->err)
         row->err = err;
     if (--row->pending == 0) {
-        /* the sender takes the whole list: only the first row of a list needs to wake it */
-        if (wb->done == NULL)
-            pthread_cond_broadcast(&wb->cond);
         row->next = wb->done;
         wb->done = row;
+        pthread_cond_broadcast(&wb->cond);
     }
     pthread_mutex_unlock(&wb->lock);
 }
@@ -320,9 +318,8 @@ static void open_done(void *arg, int err, const struct tun_sftp_handle *h)
     o->err = err;
     if (h)
         o->h = *h;
-    pthread_cond_broadcast(&wb->cond); /* opening_finish may wait for this very open */
     pthread_mutex_unlock(&wb->lock);
-    row_done(create, err);
+    row_done(create, err); /* broadcasts wb->cond */
 }
 
 static struct wb_opening *opening_of(struct wb *wb, int64_t file)
@@ -587,12 +584,10 @@ void wb_kick(struct mountd *m)
     if (!wb)
         return;
     pthread_mutex_lock(&wb->lock);
-    /* One wake-up for a run of changes: the scan takes them all. While rows are in flight the
-     * sender is woken by their answers and scans then, so a change wakes it only when nothing
-     * is: a `tar x` costs no sender wake-up (and no scan under the index lock) per file. */
-    if (!wb->kicked && wb->inflight == 0)
+    if (!wb->kicked) { /* one wake-up for a run of changes: the scan takes them all */
+        wb->kicked = true;
         pthread_cond_broadcast(&wb->cond);
-    wb->kicked = true;
+    }
     pthread_mutex_unlock(&wb->lock);
 }
 
