@@ -333,6 +333,19 @@ static bool echo(struct fm *fm, const char *rel, enum echo_kind kind)
     return md_recent_local(fm->m, p);
 }
 
+/* Is RENAME from -> to the echo of a rename we made ourselves in the echo window? The names
+ * alone cannot tell once the old name is used again here (a new file 'from' made right after
+ * the rename): applied as a laptop change, the echo would move that new file away. The pair
+ * (kept by the journal as "FROM//TO": '//' is in no path) tells it. */
+static bool echo_rename(struct fm *fm, const char *from, const char *to)
+{
+    char p[2 * (PATH_MAX + NAME_MAX + 2) + 2];
+    if (!fm->m->writable)
+        return false;
+    snprintf(p, sizeof(p), "%s/%s//%s/%s", fm->root, from, fm->root, to);
+    return md_recent_local(fm->m, p);
+}
+
 /* Are the HASHES or DATA for 'rel' those of an ENTRY taken for an echo? */
 static bool echo_content(struct fm *fm, const char *rel)
 {
@@ -555,7 +568,7 @@ static int apply_rename(struct fm *fm, const char *from, const char *to)
     if (!*from || !*to)
         return -EPROTO;
     pending_finish(fm);
-    if (echo(fm, from, EK_NAME) || echo(fm, to, EK_NAME)) {
+    if (echo_rename(fm, from, to) || echo(fm, from, EK_NAME) || echo(fm, to, EK_NAME)) {
         FS_STAT_ADD(&m->st, feed_echoes, 1);
         return 0;
     }

@@ -2131,6 +2131,12 @@ static int journal(struct mountd *m, enum idx_jkind kind, int64_t file, const ch
     md_note_local(m, path);
     if (path2 && (kind == IDX_J_RENAME || kind == IDX_J_LINK))
         md_note_local(m, path2);
+    if (path2 && kind == IDX_J_RENAME) {
+        /* the pair too: its echo may come back after the old name was used again */
+        char pair[2 * IDX_PATH_MAX + 2];
+        snprintf(pair, sizeof(pair), "%s//%s", path, path2);
+        md_note_local(m, pair);
+    }
     return r;
 }
 
