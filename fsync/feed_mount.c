@@ -314,6 +314,12 @@ enum echo_kind {
  *   the mount in the last ECHO_WINDOW_NS. The agent may report a burst of our changes late,
  *   against names that changed again since here: replaying those on the newer state would
  *   undo it. */
+/* The source path of 'rel' (relative to the export), as the journal names it. */
+static void src_path(const struct fm *fm, const char *rel, char *out, size_t len)
+{
+    snprintf(out, len, "%s%s%s", fm->root, *rel ? "/" : "", rel);
+}
+
 static bool echo(struct fm *fm, const char *rel, enum echo_kind kind)
 {
     char p[PATH_MAX + NAME_MAX + 2];
@@ -329,21 +335,21 @@ static bool echo(struct fm *fm, const char *rel, enum echo_kind kind)
         if (kind != EK_OTHER && found == 0)
             return false;
     }
-    snprintf(p, sizeof(p), "%s%s%s", fm->root, *rel ? "/" : "", rel);
+    src_path(fm, rel, p, sizeof(p));
     return md_recent_local(fm->m, p);
 }
 
 /* Is RENAME from -> to the echo of a rename we made ourselves in the echo window? The names
  * alone cannot tell once the old name is used again here (a new file 'from' made right after
- * the rename): applied as a laptop change, the echo would move that new file away. The pair
- * (kept by the journal as "FROM//TO": '//' is in no path) tells it. */
+ * the rename): applied as a laptop change, the echo would move that new file away. */
 static bool echo_rename(struct fm *fm, const char *from, const char *to)
 {
-    char p[2 * (PATH_MAX + NAME_MAX + 2) + 2];
+    char a[PATH_MAX + NAME_MAX + 2], b[PATH_MAX + NAME_MAX + 2];
     if (!fm->m->writable)
         return false;
-    snprintf(p, sizeof(p), "%s/%s//%s/%s", fm->root, from, fm->root, to);
-    return md_recent_local(fm->m, p);
+    src_path(fm, from, a, sizeof(a));
+    src_path(fm, to, b, sizeof(b));
+    return md_recent_rename(fm->m, a, b);
 }
 
 /* Are the HASHES or DATA for 'rel' those of an ENTRY taken for an echo? */

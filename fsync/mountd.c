@@ -1102,10 +1102,13 @@ static struct ofile *of_get(struct mountd *m, const struct idx_file *f, int *err
              * clock hand, not a walk of the whole table at every new file */
             size_t k, seen = 0;
             for (k = 0; k < OF_BUCKETS && seen < OF_EVICT_SAMPLE; k++)
-                for (struct ofile *o = m->of_hash[(m->of_hand + k) % OF_BUCKETS]; o; o = o->next)
-                    if (o->kept && o->refs == 1 && ++seen &&
-                        (!victim || o->last_use < victim->last_use))
+                for (struct ofile *o = m->of_hash[(m->of_hand + k) % OF_BUCKETS]; o; o = o->next) {
+                    if (!o->kept || o->refs != 1)
+                        continue;
+                    seen++;
+                    if (!victim || o->last_use < victim->last_use)
                         victim = o;
+                }
             m->of_hand = (m->of_hand + k) % OF_BUCKETS;
             if (victim) {
                 victim->kept = false;
@@ -2104,6 +2107,26 @@ bool md_recent_local(struct mountd *m, const char *path)
     return recent;
 }
 
+/* A rename's key in the table of recent paths: "FROM//TO" ('//' is in no source path). */
+static void rename_key(const char *from, const char *to, char *out, size_t len)
+{
+    snprintf(out, len, "%s//%s", from, to);
+}
+
+void md_note_rename(struct mountd *m, const char *from, const char *to)
+{
+    char key[2 * IDX_PATH_MAX + 2];
+    rename_key(from, to, key, sizeof(key));
+    md_note_local(m, key);
+}
+
+bool md_recent_rename(struct mountd *m, const char *from, const char *to)
+{
+    char key[2 * IDX_PATH_MAX + 2];
+    rename_key(from, to, key, sizeof(key));
+    return md_recent_local(m, key);
+}
+
 /* Append one journal row (inside the caller's batch). */
 static int journal(struct mountd *m, enum idx_jkind kind, int64_t file, const char *path,
                    const char *path2, uint32_t mode, uint32_t flags, uint32_t valid,
@@ -2131,12 +2154,8 @@ static int journal(struct mountd *m, enum idx_jkind kind, int64_t file, const ch
     md_note_local(m, path);
     if (path2 && (kind == IDX_J_RENAME || kind == IDX_J_LINK))
         md_note_local(m, path2);
-    if (path2 && kind == IDX_J_RENAME) {
-        /* the pair too: its echo may come back after the old name was used again */
-        char pair[2 * IDX_PATH_MAX + 2];
-        snprintf(pair, sizeof(pair), "%s//%s", path, path2);
-        md_note_local(m, pair);
-    }
+    if (path2 && kind == IDX_J_RENAME)
+        md_note_rename(m, path, path2);
     return r;
 }
 

@@ -212,6 +212,10 @@ void md_note_local(struct mountd *m, const char *path);
 /* Was the source path changed through the mount in the last ECHO_WINDOW_NS (or is a change of
  * it still waiting to be written back)? The feed then leaves it alone: the local copy wins. */
 bool md_recent_local(struct mountd *m, const char *path);
+/* The same for a rename as a whole (from -> to, source paths): its echo can come back after
+ * the old name was used again, when the names alone no longer tell it. */
+void md_note_rename(struct mountd *m, const char *from, const char *to);
+bool md_recent_rename(struct mountd *m, const char *from, const char *to);
 /* Row 'file' had a change written back just now (the write-back sender). A snapshot the source
  * took before that change landed does not show it: the rows written back within
  * ECHO_WINDOW_NS of a snapshot are kept by it (md_written_back_since). */

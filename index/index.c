@@ -1144,6 +1144,8 @@ int idx_open(const char *path, idx_t **out)
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&idx->group_cv, &ca);
     pthread_condattr_destroy(&ca);
+    idx->paths = calloc(PATH_SLOTS, sizeof(*idx->paths)); /* none: idx_path walks every time */
+    idx->names_gen = 1;                                   /* slots of gen 0 are empty */
     rc = sqlite3_open_v2(path, &idx->db,
                          SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
     if (rc != SQLITE_OK) {
@@ -1484,8 +1486,6 @@ int idx_path(idx_t *idx, int64_t id, char *out, size_t len)
 
     tmp[pos] = '\0';
     pthread_mutex_lock(&idx->lock);
-    if (idx->paths == NULL && (idx->paths = calloc(PATH_SLOTS, sizeof(*idx->paths))) != NULL)
-        idx->names_gen = 1;
     while (cur != IDX_ROOT_ID) {
         struct path_slot *ps = idx->paths ? &idx->paths[(uint64_t)cur % PATH_SLOTS] : NULL;
         if (ps && ps->id == cur && ps->gen == idx->names_gen) {
