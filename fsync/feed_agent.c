@@ -1043,6 +1043,29 @@ static int encode_op(fa_t *fa, struct fa_sub *s, const struct op *o, struct buf 
     return -EINVAL;
 }
 
+/* The client whose change left the regular file 'f' seen at 'rel', or 0. A state no client left
+ * may have been seen in the middle of a request (an open's truncate before its write, a
+ * truncate before the times that come with it): if the file has changed since and a client
+ * left what is there now, that passing state was that client's too. 'same_file': the file now
+ * at 'rel' must be the one seen (a rename's file, which a new file at that name is not). */
+static uint64_t file_client(fa_t *fa, struct fa_export *ex, const char *rel,
+                            const struct idx_file *f, bool same_file)
+{
+    uint64_t c = own_client(fa, ex, rel, f);
+    struct stat st;
+    if (c || !S_ISREG(f->mode) || cf_lstat(ex->r->root, rel, &st) != 0 ||
+        (same_file && st.st_ino != f->ino))
+        return c;
+    if (st.st_ino == f->ino && (uint64_t)st.st_size == f->size && ts_ns(st.st_mtim) == f->mtime_ns)
+        return 0; /* unchanged since: no client left it */
+    struct idx_file now = {.mode = st.st_mode,
+                           .size = (uint64_t)st.st_size,
+                           .dev = st.st_dev,
+                           .ino = st.st_ino,
+                           .mtime_ns = ts_ns(st.st_mtim)};
+    return own_client(fa, ex, rel, &now);
+}
+
 /* Which of the batch's changes were made by an SFTP client that named itself, and by which. Its
  * changes in progress are waited for first (briefly): a change the watcher saw may have been
  * made by a request whose hook has not run yet. */
@@ -1052,20 +1075,7 @@ static void tag_own(fa_t *fa, struct fa_export *ex, struct batch *b)
     for (size_t i = 0; i < b->n; i++) {
         struct op *o = &b->v[i];
         if (o->kind == OP_ENTRY) {
-            o->client = own_client(fa, ex, o->path, &o->f);
-            struct stat st;
-            if (!o->client && S_ISREG(o->f.mode) && cf_lstat(ex->r->root, o->path, &st) == 0 &&
-                (st.st_ino != o->f.ino || (uint64_t)st.st_size != o->f.size ||
-                 ts_ns(st.st_mtim) != o->f.mtime_ns)) {
-                /* seen in the middle of a change that has gone on since: if that change was a
-                 * client's, so was this passing state */
-                struct idx_file now = {.mode = st.st_mode,
-                                       .size = (uint64_t)st.st_size,
-                                       .dev = st.st_dev,
-                                       .ino = st.st_ino,
-                                       .mtime_ns = ts_ns(st.st_mtim)};
-                o->client = own_client(fa, ex, o->path, &now);
-            }
+            o->client = file_client(fa, ex, o->path, &o->f, false);
             /* a state a client left, but at a name it never touched: moved there by someone
              * else (a laptop mv of a file the client wrote), which the client does not know */
             if (o->client && !client_touched(fa, ex, o->path))
@@ -1073,7 +1083,7 @@ static void tag_own(fa_t *fa, struct fa_export *ex, struct batch *b)
         } else if (o->kind == OP_REMOVE) {
             o->client = own_client(fa, ex, o->path, NULL);
         } else if (o->kind == OP_RENAME) {
-            uint64_t c = own_client(fa, ex, o->path2, &o->f);
+            uint64_t c = file_client(fa, ex, o->path2, &o->f, true);
             o->client = c && own_client(fa, ex, o->path, NULL) == c ? c : 0;
         }
     }
