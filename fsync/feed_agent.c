@@ -14,7 +14,6 @@
 #include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
-#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -124,7 +123,11 @@ struct fa {
     bool stop;                       /* protected by lock */
     struct fa_stats stats;           /* protected by lock */
     uint8_t *blockbuf;               /* agent thread only */
-    atomic_int inflight;             /* requests of named SFTP clients being carried out */
+    /* Held for reading by each named client's request from before it starts until its hook has
+     * heard what it left (SFS_BEGIN to SFS_END); taken for writing by the agent to look between
+     * requests (between_requests). Writers first: a steady stream of requests cannot starve
+     * the agent. Never held by the agent while it sends or waits for a session. */
+    pthread_rwlock_t requests;
 };
 
 static void vlog(const fa_t *fa, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -339,8 +342,12 @@ void fa_note_change(void *arg, uint64_t client, enum sfs_phase phase, size_t roo
     fa_t *fa = arg;
     if (client == 0)
         return;
-    if (phase != SFS_CHANGED) {
-        atomic_fetch_add(&fa->inflight, phase == SFS_BEGIN ? 1 : -1);
+    if (phase == SFS_BEGIN) {
+        pthread_rwlock_rdlock(&fa->requests);
+        return;
+    }
+    if (phase == SFS_END) {
+        pthread_rwlock_unlock(&fa->requests);
         return;
     }
     if (root >= fa->nex || strcmp(rel, ".") == 0)
@@ -643,13 +650,25 @@ static bool queue_hash(fa_t *fa, struct fa_export *ex, char *path)
     return true;
 }
 
-/* Wait (at most tries x 200 us) until no named client's request is being carried out. */
-static void wait_requests(fa_t *fa, int tries)
+/* Hold the named clients' requests off: until requests_resume, no request is in progress and
+ * every change made so far has been told to the hook, so a state seen now is one a request left
+ * (and was noted), never one in the middle of a request. Waits for the requests in progress,
+ * at most PAUSE_WAIT_NS (a request may block: a slow disk, a FIFO); false when it gave up (then
+ * a passing state may be taken for a foreign change: applied, never lost). */
+#define PAUSE_WAIT_NS (100LL * 1000000)
+static bool requests_pause(fa_t *fa)
 {
-    for (int i = 0; i < tries && atomic_load(&fa->inflight) > 0; i++) {
-        struct timespec ts = {0, 200 * 1000};
-        nanosleep(&ts, NULL);
-    }
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_nsec += PAUSE_WAIT_NS % 1000000000;
+    until.tv_sec += PAUSE_WAIT_NS / 1000000000 + until.tv_nsec / 1000000000;
+    until.tv_nsec %= 1000000000;
+    return pthread_rwlock_timedwrlock(&fa->requests, &until) == 0;
+}
+
+static void requests_resume(fa_t *fa)
+{
+    pthread_rwlock_unlock(&fa->requests);
 }
 
 /* Hash 'rel' once it has been quiet for HASH_QUIET_NS (agent thread). */
@@ -838,9 +857,9 @@ static int sync_path(fa_t *fa, struct fa_export *ex, const char *rel, bool deep,
         /* a big file a client is writing: look between two of its requests, so that the state
          * seen is one a request left and can be told as the client's own (only_writer_follows:
          * then it is not hashed whole again for every batch of the write) */
-        if (st.st_size > (off_t)FA_BLOCK * 16 && atomic_load(&fa->inflight) > 0 &&
-            client_touched(fa, ex, rel))
-            wait_requests(fa, 10);
+        bool pause = st.st_size > (off_t)FA_BLOCK * 16 && client_touched(fa, ex, rel);
+        if (pause)
+            pause = requests_pause(fa);
         /* the row describes the inode whose blocks are hashed below: open it first and take its
          * stat from the open file (a rename over the path in between cannot pair one file's
          * metadata with another's hashes) */
@@ -849,6 +868,8 @@ static int sync_path(fa_t *fa, struct fa_export *ex, const char *rel, bool deep,
             st = ost;
         else
             fd = -1;
+        if (pause)
+            requests_resume(fa);
     }
     struct old_hashes oh = {0};
     bool had_blocks = known && S_ISREG(old.mode) && S_ISREG(st.st_mode);
@@ -1071,7 +1092,8 @@ static uint64_t file_client(fa_t *fa, struct fa_export *ex, const char *rel,
  * made by a request whose hook has not run yet. */
 static void tag_own(fa_t *fa, struct fa_export *ex, struct batch *b)
 {
-    wait_requests(fa, 100);
+    if (requests_pause(fa)) /* those in progress finish */
+        requests_resume(fa);
     for (size_t i = 0; i < b->n; i++) {
         struct op *o = &b->v[i];
         if (o->kind == OP_ENTRY) {
@@ -1573,12 +1595,18 @@ int fa_new(const struct fa_root *roots, size_t nroots, const char *state_dir, in
     snprintf(fa->state_dir, sizeof(fa->state_dir), "%s", state_dir);
     fa->verbose = verbose;
     pthread_mutex_init(&fa->lock, NULL);
+    pthread_rwlockattr_t ra;
+    pthread_rwlockattr_init(&ra);
+    pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&fa->requests, &ra);
+    pthread_rwlockattr_destroy(&ra);
     if ((fa->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0 ||
         pthread_create(&fa->thread, NULL, agent_main, fa) != 0) {
         snprintf(err, errlen, "cannot start the feed thread: %s", strerror(errno));
         if (fa->wake_fd >= 0)
             close(fa->wake_fd);
         pthread_mutex_destroy(&fa->lock);
+        pthread_rwlock_destroy(&fa->requests);
         goto fail;
     }
     *out = fa;
@@ -1636,6 +1664,7 @@ void fa_free(fa_t *fa)
     free(fa->deferred);
     close(fa->wake_fd);
     pthread_mutex_destroy(&fa->lock);
+    pthread_rwlock_destroy(&fa->requests);
     for (size_t i = 0; i < fa->nex; i++)
         free(fa->ex[i].own);
     free(fa->ex);
