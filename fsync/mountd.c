@@ -2151,6 +2151,8 @@ static int journal(struct mountd *m, enum idx_jkind kind, int64_t file, const ch
     e->len = len;
     int r = idx_journal_add(m->idx, e);
     free(e);
+    if (kind == IDX_J_FSYNC)
+        return r; /* changes nothing on the source */
     md_note_local(m, path);
     if (path2 && (kind == IDX_J_RENAME || kind == IDX_J_LINK))
         md_note_local(m, path2);
@@ -2754,12 +2756,31 @@ static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     fuse_reply_err(req, -r);
 }
 
+/* Ask the source to sync a file to its disk, after everything journaled for it so far (a row of
+ * the journal: sent on the same stream as the file's writes, behind them). */
+static int journal_fsync(struct mountd *m, int64_t id)
+{
+    struct idx_file f;
+    char path[PATH_MAX];
+    int r;
+    if (!m->writable || idx_get(m->idx, id, &f) != 0 || !S_ISREG(f.mode))
+        return 0; /* nothing written back, or removed here: nothing on the source to sync */
+    if ((r = md_node_path(m, id, path, sizeof(path))) != 0)
+        return r;
+    idx_begin(m->idx);
+    r = journal(m, IDX_J_FSYNC, id, path, NULL, 0, 0, 0, NULL, 0, 0);
+    return end_batch(m, r);
+}
+
 static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
 {
+    struct mountd *m = M(req);
     (void)datasync, (void)fi;
-    int r = wb_wait(M(req), (int64_t)ino, WB_FSYNC_TIMEOUT_MS);
+    int r = journal_fsync(m, (int64_t)ino);
+    if (r == 0)
+        r = wb_wait(m, (int64_t)ino, WB_FSYNC_TIMEOUT_MS);
     if (r)
-        md_log(M(req), "fsync of file %" PRIu64 ": %s", (uint64_t)ino, strerror(-r));
+        md_log(m, "fsync of file %" PRIu64 ": %s", (uint64_t)ino, strerror(-r));
     fuse_reply_err(req, -r);
 }
 

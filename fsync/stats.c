@@ -34,7 +34,8 @@ void fs_stats_format(const struct fs_stats *st, char *out, size_t len)
              "\"stale_served\":%llu,\"prefetched_files\":%llu,\"feed_batches\":%llu,"
              "\"feed_data_blocks\":%llu,\"reflected\":%llu,\"local_changes\":%llu,"
              "\"written_back\":%llu,\"bytes_written_back\":%llu,\"write_back_errors\":%llu,"
-             "\"feed_echoes\":%llu,\"late_invalidations\":%llu,\"attr_refreshes\":%llu",
+             "\"source_fsyncs\":%llu,\"feed_echoes\":%llu,\"late_invalidations\":%llu,\"attr_"
+             "refreshes\":%llu",
              (unsigned long long)LOAD(requests), (unsigned long long)LOAD(cache_hits),
              (unsigned long long)LOAD(cache_misses), (unsigned long long)LOAD(bytes_fetched),
              (unsigned long long)LOAD(blocks_fetched), (unsigned long long)LOAD(readahead_blocks),
@@ -44,8 +45,8 @@ void fs_stats_format(const struct fs_stats *st, char *out, size_t len)
              (unsigned long long)LOAD(feed_batches), (unsigned long long)LOAD(feed_data_blocks),
              (unsigned long long)LOAD(reflected), (unsigned long long)LOAD(local_changes),
              (unsigned long long)LOAD(written_back), (unsigned long long)LOAD(bytes_written_back),
-             (unsigned long long)LOAD(write_back_errors), (unsigned long long)LOAD(feed_echoes),
-             (unsigned long long)LOAD(late_invalidations),
+             (unsigned long long)LOAD(write_back_errors), (unsigned long long)LOAD(source_fsyncs),
+             (unsigned long long)LOAD(feed_echoes), (unsigned long long)LOAD(late_invalidations),
              (unsigned long long)LOAD(attr_refreshes));
 }
 

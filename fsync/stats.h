@@ -30,6 +30,7 @@ struct fs_stats {
     uint64_t written_back;       /* journal rows acknowledged by the source */
     uint64_t bytes_written_back; /* file bytes sent to the source */
     uint64_t write_back_errors;  /* rows the source refused (reported at fsync/close) */
+    uint64_t source_fsyncs;      /* fsyncs the source carried out for an fsync here */
     uint64_t late_invalidations; /* reads answered while their file changed: pages dropped again */
     uint64_t attr_refreshes;     /* listed folders and read files stat'ed again in the background */
 };

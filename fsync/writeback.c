@@ -242,6 +242,16 @@ static int send_row(struct wb *wb, const struct idx_jentry *e, struct wb_row *ro
         close(fd);
         return r;
     }
+    case IDX_J_FSYNC:
+        /* after the file's writes on the same stream: the source has them when it syncs */
+        if (!tun_sftp_has_ext(m->sftp, "fsync@openssh.com"))
+            return 0; /* a server without it: acknowledged is all it can give */
+        if ((r = handle_get(wb, e, false, 0, &h)) != 0)
+            return r == -ENOENT ? 0 : r; /* gone on the source since: nothing to sync */
+        op.type = TUN_SFTP_OP_FSYNC;
+        op.h = &h;
+        row->count = 1; /* sent: counted once answered */
+        break;
     case IDX_J_MKDIR:
         op.type = TUN_SFTP_OP_MKDIR;
         op.path = e->path;
@@ -485,6 +495,8 @@ static void settle(struct wb *wb)
             md_note_written_back(m, row->file);
         if (row->kind == IDX_J_RENAME || row->kind == IDX_J_LINK)
             md_note_local(m, row->path2);
+        if (row->kind == IDX_J_FSYNC && row->count && !row->err)
+            FS_STAT_ADD(&m->st, source_fsyncs, 1);
         if (row->kind == IDX_J_WRITE && row->count && !row->err)
             idx_blocks_clean(m->idx, row->file, row->version, row->first, row->count, row->seq);
         FS_STAT_ADD(&m->st, written_back, 1);

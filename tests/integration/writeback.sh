@@ -55,6 +55,16 @@ for _ in $(seq 50); do [[ ! -e $SRC/hl-a ]] && break; sleep 0.1; done
 [[ ! -e $SRC/hl-a && -f $SRC/hl-b ]] || fail "unlink of one name: the laptop has $(ls "$SRC" | grep hl-)"
 assert_eq 1 "$(stat -c %h "$MNT/hl-b")" "link count in the mount after unlinking one name"
 pass "feed: a hard link made in the mount is a hard link on the laptop; unlinking one name keeps the other"
+fsync_check() { # NAME LAPTOP_DIR: an fsync in the mount is an fsync on the laptop, after the writes
+	local f0
+	f0=$(counter source_fsyncs)
+	printf 'durable\n' >"$MNT/durable.txt"
+	sync "$MNT/durable.txt" # fsync
+	assert_eq $((f0 + 1)) "$(counter source_fsyncs)" "fsyncs the laptop side carried out for one fsync in the mount"
+	assert_eq durable "$(cat "$2/durable.txt")" "the fsynced file on the laptop side"
+	pass "$1: fsync in the mount returns after the laptop side has synced the file"
+}
+fsync_check feed "$SRC"
 
 # The endpoint tags a mount's own changes (OWN) for that mount only: a second mount of the same
 # export sees the first one's write as any change.
@@ -177,6 +187,7 @@ HOME=$T_HOME "$OFFLOAD_BIN" mount "offload-test:$T/plain" "$MNT" --cache-dir "$T
 	fail "standalone mount failed"
 wait_mounted "$MNT" 10 || fail "standalone mount did not appear"
 posix_check "standalone"
+fsync_check standalone "$T/plain"
 mkdir -p "$MNT/fsx"
 "$FSX" --seed 8 --ops 2000 --check-dir "$T/plain/fsx" "$MNT/fsx/a" "$MNT/fsx/b" "$MNT/fsx/c" >"$T/fsx2.out" 2>&1 ||
 	fail "fsx on the standalone mount: $(grep -v '^  #' "$T/fsx2.out" | head -3)"
