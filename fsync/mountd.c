@@ -2471,7 +2471,11 @@ static int of_resize(struct mountd *m, struct ofile *of, uint64_t size)
 }
 
 /* Hash blocks [b0, b1] of the cache file again and record them dirty (of->lock held). */
-static int mark_dirty(struct mountd *m, struct ofile *of, uint64_t b0, uint64_t b1)
+/* Blocks b0..b1 of 'of' were changed here: hash them as the cache file has them now and mark them
+ * dirty. A block the write 'data' (size bytes at 'woff'; NULL for a truncate) covers whole is
+ * hashed from the write's own bytes, without reading it back. */
+static int mark_dirty(struct mountd *m, struct ofile *of, uint64_t b0, uint64_t b1,
+                      const char *data, uint64_t woff, size_t size)
 {
     uint8_t *buf = malloc(FS_BLOCK_SIZE);
     if (!buf)
@@ -2480,7 +2484,10 @@ static int mark_dirty(struct mountd *m, struct ofile *of, uint64_t b0, uint64_t 
     for (uint64_t b = b0; b <= b1 && b < of->nblocks && r == 0; b++) {
         uint64_t off = b * FS_BLOCK_SIZE;
         uint32_t len = (uint32_t)(of->size - off < FS_BLOCK_SIZE ? of->size - off : FS_BLOCK_SIZE);
-        if (pread(of->fd, buf, len, (off_t)off) != (ssize_t)len) {
+        const uint8_t *bytes = buf;
+        if (data && off >= woff && off + len <= woff + size)
+            bytes = (const uint8_t *)data + (off - woff);
+        else if (pread(of->fd, buf, len, (off_t)off) != (ssize_t)len) {
             r = -EIO;
             break;
         }
@@ -2490,7 +2497,7 @@ static int mark_dirty(struct mountd *m, struct ofile *of, uint64_t b0, uint64_t 
                                 .len = len,
                                 .cached = true,
                                 .dirty = true};
-        fs_cache_hash(buf, len, row.hash);
+        fs_cache_hash(bytes, len, row.hash);
         if ((r = idx_block_put(m->idx, &row)) == 0) {
             memcpy(of->hash[b], row.hash, 16);
             of->state[b] = B_VERIFIED;
@@ -2601,7 +2608,8 @@ static int local_content(struct mountd *m, int64_t id, const char *data, size_t 
         to = len;
     }
     if (to > from)
-        r = mark_dirty(m, of, from / FS_BLOCK_SIZE, (to - 1) / FS_BLOCK_SIZE);
+        r = mark_dirty(m, of, from / FS_BLOCK_SIZE, (to - 1) / FS_BLOCK_SIZE, data, (uint64_t)off,
+                       size);
 unlock:
     pthread_mutex_unlock(&of->lock);
     int64_t now = md_wall_ns();

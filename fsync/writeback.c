@@ -617,16 +617,19 @@ int wb_wait(struct mountd *m, int64_t file, int timeout_ms)
     struct wb *wb = m->wb;
     if (!wb)
         return 0;
-    if (timeout_ms > 0)
+    int64_t upto = 0;
+    if (timeout_ms > 0) { /* a close (no wait) only collects errors: no index query */
         idx_sync(m->idx); /* what the laptop will hold is kept here too, should mountd die */
-    int64_t upto = idx_journal_last_seq(m->idx);
+        upto = idx_journal_last_seq(m->idx);
+    }
     struct timespec until;
     clock_gettime(CLOCK_REALTIME, &until);
     until.tv_sec += timeout_ms / 1000;
     until.tv_nsec += (long)(timeout_ms % 1000) * 1000000;
     until.tv_sec += until.tv_nsec / 1000000000;
     until.tv_nsec %= 1000000000;
-    wb_kick(m);
+    if (timeout_ms > 0)
+        wb_kick(m);
     int r = 0;
     for (; timeout_ms > 0;) {
         uint64_t n = 0;
