@@ -195,6 +195,7 @@ static int send_row(struct wb *wb, const struct idx_jentry *e, struct wb_row *ro
     struct mountd *m = wb->m;
     struct tun_sftp_handle h;
     struct tun_sftp_op op = {0};
+    bool close_after = false;
     int r;
 
     switch (e->kind) {
@@ -246,8 +247,16 @@ static int send_row(struct wb *wb, const struct idx_jentry *e, struct wb_row *ro
         /* after the file's writes on the same stream: the source has them when it syncs */
         if (!tun_sftp_has_ext(m->sftp, "fsync@openssh.com"))
             return 0; /* a server without it: acknowledged is all it can give */
-        if ((r = handle_get(wb, e, false, 0, &h)) != 0)
-            return r == -ENOENT ? 0 : r; /* gone on the source since: nothing to sync */
+        struct wb_handle *wh = handle_find(wb, e->file);
+        if (wh) {
+            h = wh->h; /* the handle its writes went through */
+        } else {
+            /* none kept (nothing written lately, or a file only read): a read-only handle for
+             * the sync alone, which any file the laptop lets us see can give */
+            if ((r = tun_sftp_open_flags(m->sftp, e->path, SFC_FXF_READ, NULL, &h)) != 0)
+                return r == -ENOENT ? 0 : r; /* gone on the source since: nothing to sync */
+            close_after = true;
+        }
         op.type = TUN_SFTP_OP_FSYNC;
         op.h = &h;
         row->count = 1; /* sent: counted once answered */
@@ -310,6 +319,8 @@ static int send_row(struct wb *wb, const struct idx_jentry *e, struct wb_row *ro
         row->pending--;
         pthread_mutex_unlock(&wb->lock);
     }
+    if (close_after)
+        tun_sftp_close_async(m->sftp, &h); /* after the sync on the same stream */
     return r;
 }
 

@@ -62,7 +62,21 @@ fsync_check() { # NAME LAPTOP_DIR: an fsync in the mount is an fsync on the lapt
 	sync "$MNT/durable.txt" # fsync
 	assert_eq $((f0 + 1)) "$(counter source_fsyncs)" "fsyncs the laptop side carried out for one fsync in the mount"
 	assert_eq durable "$(cat "$2/durable.txt")" "the fsynced file on the laptop side"
-	pass "$1: fsync in the mount returns after the laptop side has synced the file"
+	# a file made on the laptop, read-only, opened read-only: the write-back keeps no handle of
+	# it, and must not ask for a writable one
+	# (immutable where the file system can say so: then not even root may open it for writing)
+	printf 'ro\n' >"$2/ro.txt"
+	chmod 0444 "$2/ro.txt"
+	local imm=0
+	chattr +i "$2/ro.txt" 2>/dev/null && imm=1
+	for _ in $(seq 50); do [[ -f $MNT/ro.txt ]] && break; sleep 0.1; done
+	local rc=0
+	python3 -c 'import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); os.fsync(fd)' "$MNT/ro.txt" || rc=$?
+	((imm == 0)) || chattr -i "$2/ro.txt"
+	((rc == 0)) || fail "$1: fsync of a read-only file opened read-only failed (immutable: $imm)"
+	assert_eq $((f0 + 2)) "$(counter source_fsyncs)" "laptop-side fsyncs after an fsync of a read-only file"
+	assert_eq 0 "$(counter write_back_errors)" "write-back errors after an fsync of a read-only file"
+	pass "$1: fsync in the mount returns after the laptop side has synced the file (also one only readable)"
 }
 fsync_check feed "$SRC"
 
