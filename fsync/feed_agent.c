@@ -125,7 +125,7 @@ struct fa {
     uint8_t *blockbuf;               /* agent thread only */
     /* Held for reading by each named client's request from before it starts until its hook has
      * heard what it left (SFS_BEGIN to SFS_END); taken for writing by the agent to look between
-     * requests (between_requests). Writers first: a steady stream of requests cannot starve
+     * requests (requests_pause). Writers first: a steady stream of requests cannot starve
      * the agent. Never held by the agent while it sends or waits for a session. */
     pthread_rwlock_t requests;
 };
