@@ -2176,16 +2176,9 @@ static int end_batch(struct mountd *m, int r)
  * subfolders ('subdirs' more or fewer). */
 static void touch_dir(struct mountd *m, int64_t dir, int64_t now, int subdirs)
 {
-    struct idx_file d;
-    if (idx_get(m->idx, dir, &d) == 0) {
-        d.mtime_ns = d.ctime_ns = now;
-        if (subdirs < 0 && d.nlink <= 2)
-            subdirs = 0;
-        d.nlink = (uint32_t)((int)d.nlink + subdirs);
-        idx_put_keep_version(m->idx, &d);
-        /* no invalidation: the kernel drops a folder's attributes itself when a change
-         * through the mount (create, unlink, rename, link) touches it */
-    }
+    idx_dir_changed(m->idx, dir, now, subdirs);
+    /* no invalidation: the kernel drops a folder's attributes itself when a change through the
+     * mount (create, unlink, rename, link) touches it */
 }
 
 static void new_entry(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,

@@ -124,6 +124,7 @@ enum stmt {
     S_FILE_DELETE,
     S_FILE_MOVE,
     S_FILE_TOUCH,
+    S_DIR_CHANGED,
     S_ALIAS_INSERT,
     S_ALIASES,
     S_ALIAS_COUNT,
@@ -205,6 +206,11 @@ static const struct {
     [S_FILE_DELETE] = {"delete file row", "DELETE FROM files WHERE id = ?1"},
     [S_FILE_MOVE] = {"move file row", "UPDATE files SET parent = ?2, name = ?3 WHERE id = ?1"},
     [S_FILE_TOUCH] = {"touch file row", "UPDATE files SET attr_time_ns = ?2 WHERE id = ?1"},
+    [S_DIR_CHANGED] =
+        {"change folder times",
+         "UPDATE files SET mtime_ns = ?2, ctime_ns = ?2, nlink = CASE WHEN ?3 < 0 AND "
+         "nlink <= 2 THEN nlink ELSE nlink + ?3 END WHERE id = ?1 AND "
+         "(mode & 61440) = 16384"},
     [S_ALIAS_INSERT] = {"insert hard link row",
                         "INSERT INTO files (parent, name, mode, version, attr_time_ns, alias, id) "
                         "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?4)"},
@@ -1691,6 +1697,19 @@ int idx_touch_attr(idx_t *idx, int64_t id, int64_t attr_time_ns)
     sqlite3_bind_int64(idx->st[S_FILE_TOUCH], 1, id);
     sqlite3_bind_int64(idx->st[S_FILE_TOUCH], 2, attr_time_ns);
     r = update_one(idx, S_FILE_TOUCH);
+    pthread_mutex_unlock(&idx->lock);
+    return r;
+}
+
+int idx_dir_changed(idx_t *idx, int64_t dir, int64_t time_ns, int subdirs)
+{
+    int r;
+
+    pthread_mutex_lock(&idx->lock);
+    sqlite3_bind_int64(idx->st[S_DIR_CHANGED], 1, dir);
+    sqlite3_bind_int64(idx->st[S_DIR_CHANGED], 2, time_ns);
+    sqlite3_bind_int(idx->st[S_DIR_CHANGED], 3, subdirs);
+    r = update_one(idx, S_DIR_CHANGED);
     pthread_mutex_unlock(&idx->lock);
     return r;
 }

@@ -146,6 +146,10 @@ int idx_put_keep_version(idx_t *idx, struct idx_file *f);
 
 /* Set the confirmation time of a row's metadata / directory listing. */
 int idx_touch_attr(idx_t *idx, int64_t id, int64_t attr_time_ns);
+/* A folder's entries changed locally: its mtime and ctime become time_ns and its link count
+ * moves by 'subdirs' (never below 2), in one statement (two changes in the same folder at once
+ * cannot lose one). Returns 0, -ENOENT when 'dir' is no folder's row, or <0. */
+int idx_dir_changed(idx_t *idx, int64_t dir, int64_t time_ns, int subdirs);
 int idx_set_listed(idx_t *idx, int64_t dir, int64_t list_time_ns);
 /* Every directory's listing time (a snapshot that is whole: each folder has all its names). */
 int idx_set_listed_all(idx_t *idx, int64_t list_time_ns);

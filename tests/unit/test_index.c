@@ -1119,6 +1119,37 @@ START_TEST(test_set_listed_all_marks_folders_only)
 }
 END_TEST
 
+START_TEST(test_dir_changed_moves_times_and_link_count)
+{
+    struct idx_file got, before = mkfile(IDX_ROOT_ID, "d", S_IFDIR | 0755, 4096);
+
+    before.nlink = 2; /* "." and its name in the parent */
+    ck_assert_int_eq(idx_put(idx, &before), 0);
+    int64_t d = before.id, f = put_file(d, "f", 3);
+    ck_assert_int_eq(idx_get(idx, d, &before), 0);
+    ck_assert_int_eq(idx_dir_changed(idx, d, 1000, 1), 0);
+    ck_assert_int_eq(idx_get(idx, d, &got), 0);
+    ck_assert_int_eq(got.mtime_ns, 1000);
+    ck_assert_int_eq(got.ctime_ns, 1000);
+    ck_assert_uint_eq(got.nlink, before.nlink + 1);
+    ck_assert_uint_eq(got.version, before.version); /* a local change: same version */
+    ck_assert_int_eq(idx_dir_changed(idx, d, 2000, -1), 0);
+    ck_assert_int_eq(idx_dir_changed(idx, d, 3000, 0), 0);
+    ck_assert_int_eq(idx_get(idx, d, &got), 0);
+    ck_assert_uint_eq(got.nlink, before.nlink);
+    ck_assert_int_eq(got.mtime_ns, 3000);
+    /* never below the two links every folder has */
+    ck_assert_int_eq(idx_dir_changed(idx, d, 4000, -1), 0);
+    ck_assert_int_eq(idx_get(idx, d, &got), 0);
+    ck_assert_uint_eq(got.nlink, 2);
+    /* a file, or no row: nothing to change */
+    ck_assert_int_eq(idx_dir_changed(idx, f, 5000, 1), -ENOENT);
+    ck_assert_int_eq(idx_get(idx, f, &got), 0);
+    ck_assert_int_ne(got.mtime_ns, 5000);
+    ck_assert_int_eq(idx_dir_changed(idx, 987654, 5000, 1), -ENOENT);
+}
+END_TEST
+
 /* ---- children ---- */
 
 #define MANY_CHILDREN 200 /* more than one page of the iterator */
@@ -3182,6 +3213,7 @@ static Suite *index_suite(void)
     tcase_add_test(tc, test_touch_attr_missing_is_enoent);
     tcase_add_test(tc, test_set_listed_sets_time);
     tcase_add_test(tc, test_set_listed_all_marks_folders_only);
+    tcase_add_test(tc, test_dir_changed_moves_times_and_link_count);
 
     tc = tcase(s, "children");
     tcase_add_test(tc, test_children_iterate_in_id_order);
