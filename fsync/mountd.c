@@ -2608,8 +2608,10 @@ unlock:
     int64_t now = md_wall_ns();
     f.size = of->size;
     f.mtime_ns = f.ctime_ns = now;
-    if (r == 0)
-        r = idx_put_keep_version(m->idx, &f);
+    /* removed since it was looked up: its bytes stay in the cache file, as for any file
+     * removed while open, and its journal rows find no row to send */
+    if (r == 0 && (r = idx_file_written(m->idx, id, f.size, now)) == -ENOENT)
+        r = 0;
     if (r == 0 && !data)
         r = journal(m, IDX_J_SETATTR, id, path, NULL, 0, 0, IDX_J_SET_SIZE, &f, 0, 0);
     if (r == 0 && to > from)

@@ -125,6 +125,7 @@ enum stmt {
     S_FILE_MOVE,
     S_FILE_TOUCH,
     S_DIR_CHANGED,
+    S_FILE_WRITTEN,
     S_ALIAS_INSERT,
     S_ALIASES,
     S_ALIAS_COUNT,
@@ -206,6 +207,10 @@ static const struct {
     [S_FILE_DELETE] = {"delete file row", "DELETE FROM files WHERE id = ?1"},
     [S_FILE_MOVE] = {"move file row", "UPDATE files SET parent = ?2, name = ?3 WHERE id = ?1"},
     [S_FILE_TOUCH] = {"touch file row", "UPDATE files SET attr_time_ns = ?2 WHERE id = ?1"},
+    [S_FILE_WRITTEN] =
+        {"change file size and times",
+         "UPDATE files SET size = ?2, mtime_ns = ?3, ctime_ns = ?3 WHERE id = ?1 AND "
+         "(mode & 61440) = 32768"},
     [S_DIR_CHANGED] =
         {"change folder times",
          "UPDATE files SET mtime_ns = ?2, ctime_ns = ?2, nlink = CASE WHEN ?3 < 0 AND "
@@ -1710,6 +1715,21 @@ int idx_dir_changed(idx_t *idx, int64_t dir, int64_t time_ns, int subdirs)
     sqlite3_bind_int64(idx->st[S_DIR_CHANGED], 2, time_ns);
     sqlite3_bind_int(idx->st[S_DIR_CHANGED], 3, subdirs);
     r = update_one(idx, S_DIR_CHANGED);
+    pthread_mutex_unlock(&idx->lock);
+    return r;
+}
+
+int idx_file_written(idx_t *idx, int64_t id, uint64_t size, int64_t time_ns)
+{
+    int r;
+
+    if (size > (uint64_t)INT64_MAX)
+        return -EINVAL;
+    pthread_mutex_lock(&idx->lock);
+    sqlite3_bind_int64(idx->st[S_FILE_WRITTEN], 1, id);
+    sqlite3_bind_int64(idx->st[S_FILE_WRITTEN], 2, (int64_t)size);
+    sqlite3_bind_int64(idx->st[S_FILE_WRITTEN], 3, time_ns);
+    r = update_one(idx, S_FILE_WRITTEN);
     pthread_mutex_unlock(&idx->lock);
     return r;
 }

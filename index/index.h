@@ -150,6 +150,10 @@ int idx_touch_attr(idx_t *idx, int64_t id, int64_t attr_time_ns);
  * moves by 'subdirs' (never below 2), in one statement (two changes in the same folder at once
  * cannot lose one). Returns 0, -ENOENT when 'dir' is no folder's row, or <0. */
 int idx_dir_changed(idx_t *idx, int64_t dir, int64_t time_ns, int subdirs);
+/* A regular file was written or truncated locally: its size becomes 'size' and its mtime and
+ * ctime time_ns, in one statement; its version, blocks and other metadata stay. Returns 0,
+ * -ENOENT when 'id' is no regular file's row (removed meanwhile), -EINVAL, or <0. */
+int idx_file_written(idx_t *idx, int64_t id, uint64_t size, int64_t time_ns);
 int idx_set_listed(idx_t *idx, int64_t dir, int64_t list_time_ns);
 /* Every directory's listing time (a snapshot that is whole: each folder has all its names). */
 int idx_set_listed_all(idx_t *idx, int64_t list_time_ns);

@@ -1150,6 +1150,27 @@ START_TEST(test_dir_changed_moves_times_and_link_count)
 }
 END_TEST
 
+START_TEST(test_file_written_sets_size_and_times_only)
+{
+    struct idx_file got, before;
+    int64_t d = put_dir(IDX_ROOT_ID, "d"), f = put_file(d, "f", 3);
+
+    ck_assert_int_eq(idx_get(idx, f, &before), 0);
+    ck_assert_int_eq(idx_file_written(idx, f, 123456, 7777), 0);
+    ck_assert_int_eq(idx_get(idx, f, &got), 0);
+    ck_assert_uint_eq(got.size, 123456);
+    ck_assert_int_eq(got.mtime_ns, 7777);
+    ck_assert_int_eq(got.ctime_ns, 7777);
+    ck_assert_uint_eq(got.version, before.version);
+    ck_assert_uint_eq(got.mode, before.mode);
+    ck_assert_int_eq(got.atime_ns, before.atime_ns);
+    ck_assert_str_eq(got.name, "f");
+    ck_assert_int_eq(idx_file_written(idx, d, 1, 1), -ENOENT); /* a folder */
+    ck_assert_int_eq(idx_file_written(idx, 987654, 1, 1), -ENOENT);
+    ck_assert_int_eq(idx_file_written(idx, f, UINT64_MAX, 1), -EINVAL);
+}
+END_TEST
+
 /* ---- children ---- */
 
 #define MANY_CHILDREN 200 /* more than one page of the iterator */
@@ -3214,6 +3235,7 @@ static Suite *index_suite(void)
     tcase_add_test(tc, test_set_listed_sets_time);
     tcase_add_test(tc, test_set_listed_all_marks_folders_only);
     tcase_add_test(tc, test_dir_changed_moves_times_and_link_count);
+    tcase_add_test(tc, test_file_written_sets_size_and_times_only);
 
     tc = tcase(s, "children");
     tcase_add_test(tc, test_children_iterate_in_id_order);
