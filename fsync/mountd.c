@@ -2463,10 +2463,9 @@ static int of_resize(struct mountd *m, struct ofile *of, uint64_t size)
     return 0;
 }
 
-/* Hash blocks [b0, b1] of the cache file again and record them dirty (of->lock held). */
-/* Blocks b0..b1 of 'of' were changed here: hash them as the cache file has them now and mark them
- * dirty. A block the write 'data' (size bytes at 'woff'; NULL for a truncate) covers whole is
- * hashed from the write's own bytes, without reading it back. */
+/* Blocks b0..b1 of 'of' were changed here: hash them as the cache file has them now and record
+ * them dirty (of->lock held). A block the write 'data' (size bytes at 'woff'; NULL for a
+ * truncate) covers whole is hashed from the write's own bytes, without reading it back. */
 static int mark_dirty(struct mountd *m, struct ofile *of, uint64_t b0, uint64_t b1,
                       const char *data, uint64_t woff, size_t size)
 {

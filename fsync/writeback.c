@@ -623,26 +623,37 @@ static int log_row(void *arg, const struct idx_jentry *e)
     return 0;
 }
 
+/* The first laptop error recorded for 'file' since it was last taken (cleared), else r. */
+static int take_error(struct wb *wb, int64_t file, int r)
+{
+    pthread_mutex_lock(&wb->lock);
+    for (size_t i = 0; i < 64; i++)
+        if (wb->errs[i].file == file && wb->errs[i].err) {
+            r = wb->errs[i].err;
+            wb->errs[i] = (struct wb_err){0, 0};
+        }
+    pthread_mutex_unlock(&wb->lock);
+    return r;
+}
+
 int wb_wait(struct mountd *m, int64_t file, int timeout_ms)
 {
     struct wb *wb = m->wb;
     if (!wb)
         return 0;
-    int64_t upto = 0;
-    if (timeout_ms > 0) { /* a close (no wait) only collects errors: no index query */
-        idx_sync(m->idx); /* what the laptop will hold is kept here too, should mountd die */
-        upto = idx_journal_last_seq(m->idx);
-    }
+    if (timeout_ms <= 0) /* a close that does not wait only collects errors */
+        return take_error(wb, file, 0);
+    idx_sync(m->idx); /* what the laptop will hold is kept here too, should mountd die */
+    int64_t upto = idx_journal_last_seq(m->idx);
     struct timespec until;
     clock_gettime(CLOCK_REALTIME, &until);
     until.tv_sec += timeout_ms / 1000;
     until.tv_nsec += (long)(timeout_ms % 1000) * 1000000;
     until.tv_sec += until.tv_nsec / 1000000000;
     until.tv_nsec %= 1000000000;
-    if (timeout_ms > 0)
-        wb_kick(m);
+    wb_kick(m);
     int r = 0;
-    for (; timeout_ms > 0;) {
+    for (;;) {
         uint64_t n = 0;
         pthread_mutex_lock(&wb->lock);
         uint64_t seen = wb->drains; /* read before counting: a settle in between is not missed */
@@ -669,14 +680,7 @@ int wb_wait(struct mountd *m, int64_t file, int timeout_ms)
             break;
         }
     }
-    pthread_mutex_lock(&wb->lock);
-    for (size_t i = 0; i < 64; i++)
-        if (wb->errs[i].file == file && wb->errs[i].err) {
-            r = wb->errs[i].err;
-            wb->errs[i] = (struct wb_err){0, 0};
-        }
-    pthread_mutex_unlock(&wb->lock);
-    return r;
+    return take_error(wb, file, r);
 }
 
 void wb_stop(struct mountd *m)
