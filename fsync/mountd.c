@@ -2758,14 +2758,15 @@ static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     fuse_reply_err(req, -r);
 }
 
-/* Ask the source to sync a file to its disk, after everything journaled for it so far (a row of
- * the journal: sent on the same stream as the file's writes, behind them). */
+/* Ask the source to sync a file or folder to its disk, after everything journaled so far (a row
+ * of the journal: sent on the same stream as the file's writes and the folder's entries, behind
+ * them). */
 static int journal_fsync(struct mountd *m, int64_t id)
 {
     struct idx_file f;
     char path[PATH_MAX];
     int r;
-    if (!m->writable || idx_get(m->idx, id, &f) != 0 || !S_ISREG(f.mode))
+    if (!m->writable || idx_get(m->idx, id, &f) != 0 || !(S_ISREG(f.mode) || S_ISDIR(f.mode)))
         return 0; /* nothing written back, or removed here: nothing on the source to sync */
     if ((r = md_node_path(m, id, path, sizeof(path))) != 0)
         return r;
@@ -2786,10 +2787,18 @@ static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_f
     fuse_reply_err(req, -r);
 }
 
+/* A folder's entries are durable on the source once every row before its sync row is answered:
+ * so wait for all of them (a rename out of the folder may be behind a write elsewhere). */
 static void op_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
 {
-    (void)ino, (void)datasync, (void)fi;
-    fuse_reply_err(req, -wb_wait(M(req), 0, WB_FSYNC_TIMEOUT_MS));
+    struct mountd *m = M(req);
+    (void)datasync, (void)fi;
+    int r = journal_fsync(m, (int64_t)ino);
+    if (r == 0)
+        r = wb_wait(m, 0, WB_FSYNC_TIMEOUT_MS);
+    if (r)
+        md_log(m, "fsync of folder %" PRIu64 ": %s", (uint64_t)ino, strerror(-r));
+    fuse_reply_err(req, -r);
 }
 
 static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname)

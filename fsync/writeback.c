@@ -251,10 +251,12 @@ static int send_row(struct wb *wb, const struct idx_jentry *e, struct wb_row *ro
         if (wh) {
             h = wh->h; /* the handle its writes went through */
         } else {
-            /* none kept (nothing written lately, or a file only read): a read-only handle for
-             * the sync alone, which any file the laptop lets us see can give */
+            /* none kept (nothing written lately, a file only read, or a folder): a read-only
+             * handle for the sync alone, which any file or folder the laptop lets us see can
+             * give (sftp-server opens a folder as a file, and syncs only file handles) */
             if ((r = tun_sftp_open_flags(m->sftp, e->path, SFC_FXF_READ, NULL, &h)) != 0)
-                return r == -ENOENT ? 0 : r; /* gone on the source since: nothing to sync */
+                /* gone on the source since, or the list of shared roots: nothing to sync */
+                return r == -ENOENT || r == -EISDIR ? 0 : r;
             close_after = true;
         }
         op.type = TUN_SFTP_OP_FSYNC;
@@ -501,9 +503,11 @@ static void settle(struct wb *wb)
             FS_STAT_ADD(&m->st, write_back_errors, 1);
         }
         idx_journal_done(m->idx, row->seq);
-        md_note_local(m, row->path); /* its echo from the source comes after this */
-        if (!row->err && row->kind != IDX_J_UNLINK && row->kind != IDX_J_RMDIR)
-            md_note_written_back(m, row->file);
+        if (row->kind != IDX_J_FSYNC) { /* a sync changes nothing the feed could echo */
+            md_note_local(m, row->path); /* its echo from the source comes after this */
+            if (!row->err && row->kind != IDX_J_UNLINK && row->kind != IDX_J_RMDIR)
+                md_note_written_back(m, row->file);
+        }
         if (row->kind == IDX_J_RENAME || row->kind == IDX_J_LINK)
             md_note_local(m, row->path2);
         if (row->kind == IDX_J_FSYNC && row->count && !row->err)

@@ -312,8 +312,6 @@ EOF
 # until it listens. Returns 1 if it died (e.g. the port was taken), 2 on timeout.
 _t_sshd_launch() {
 	local deadline=$((SECONDS + 10))
-	mkdir -p /run/sshd
-	chmod 755 /run/sshd
 	echo "=== sshd start on port $SSHD_PORT at $(date +%T)" >>"$T/sshd.log"
 	/usr/sbin/sshd -D -e -f "$T/sshd/sshd_config" >>"$T/sshd.log" 2>&1 &
 	SSHD_PID=$!
@@ -344,6 +342,10 @@ sshd_start() {
 	ssh-keygen -q -t ed25519 -N '' -C offload-test-client -f "$d/client_ed25519" </dev/null
 	cp "$d/client_ed25519.pub" "$d/authorized_keys"
 	chmod 600 "$d/authorized_keys"
+	# sshd (also its config check, -t) wants its privilege separation folder, which only the
+	# package's service unit makes: a fresh machine without systemd has none
+	mkdir -p /run/sshd
+	chmod 755 /run/sshd
 
 	for tries in 1 2 3 4 5 6 7 8; do
 		SSHD_PORT=$((20000 + RANDOM % 40000))

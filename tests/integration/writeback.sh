@@ -77,6 +77,18 @@ fsync_check() { # NAME LAPTOP_DIR: an fsync in the mount is an fsync on the lapt
 	assert_eq $((f0 + 2)) "$(counter source_fsyncs)" "laptop-side fsyncs after an fsync of a read-only file"
 	assert_eq 0 "$(counter write_back_errors)" "write-back errors after an fsync of a read-only file"
 	pass "$1: fsync in the mount returns after the laptop side has synced the file (also one only readable)"
+	# a folder: its fsync returns once its entries are on the laptop and the folder is synced
+	# there (sftp-server opens a folder read-only as a file, and syncs that handle)
+	mkdir "$MNT/dsync"
+	printf 'x\n' >"$MNT/dsync/f"
+	mv "$MNT/dsync/f" "$MNT/dsync/g"
+	sync "$MNT/dsync" # fsync of the folder
+	[[ -f $2/dsync/g && ! -e $2/dsync/f ]] || fail "$1: the folder's entries on the laptop after its fsync: $(ls "$2/dsync")"
+	assert_eq $((f0 + 3)) "$(counter source_fsyncs)" "laptop-side fsyncs after an fsync of a folder"
+	sync "$MNT" # the mount's top folder
+	assert_eq $((f0 + 4)) "$(counter source_fsyncs)" "laptop-side fsyncs after an fsync of the top folder"
+	assert_eq 0 "$(counter write_back_errors)" "write-back errors after folder fsyncs"
+	pass "$1: fsync of a folder in the mount returns after the laptop side has synced the folder"
 }
 fsync_check feed "$SRC"
 
