@@ -141,6 +141,7 @@ enum stmt {
     S_STALE_CHILDREN,
     S_DESCENDANTS,
     S_SUBTREE_DIRTY,
+    S_FILE_DIRTY,
     S_FILE_BLOCK_SUMS,
     S_BLOCKS_DROP,
     S_BLOCKS_TRUNCATE,
@@ -250,6 +251,8 @@ static const struct {
                          "WITH RECURSIVE sub (id) AS (SELECT ?1 UNION SELECT f.id FROM files f "
                          "JOIN sub ON f.parent = sub.id) SELECT EXISTS (SELECT 1 FROM blocks b "
                          "JOIN sub ON b.file = sub.id WHERE b.dirty != 0)"},
+    [S_FILE_DIRTY] = {"look for dirty blocks of file",
+                      "SELECT EXISTS (SELECT 1 FROM blocks WHERE file = ?1 AND dirty != 0)"},
     [S_FILE_BLOCK_SUMS] = {"sum cached and dirty blocks of file",
                            "SELECT COALESCE(SUM(CASE WHEN cached = 1 THEN len END), 0), "
                            "COALESCE(SUM(CASE WHEN dirty != 0 THEN len END), 0) "
@@ -1578,16 +1581,24 @@ static int put_existing(idx_t *idx, struct idx_file *row, const struct idx_file 
     if (!changed) {
         row->version = old->version;
     } else {
-        sqlite3_bind_int64(idx->st[S_SUBTREE_DIRTY], 1, old->id);
-        if ((r = query_i64(idx, S_SUBTREE_DIRTY, &dirty)) < 0)
-            return r;
+        /* what the change would throw away: a file's own dirty blocks; a folder's descendants
+         * only when it stops being a folder (a folder's new times or size drop nothing, and
+         * its subtree may be the whole tree: a recursive look for every folder the source
+         * reports would cost O(subtree) each time) */
+        was_dir = S_ISDIR(old->mode);
+        is_dir = S_ISDIR(row->mode);
+        enum stmt look = !was_dir ? S_FILE_DIRTY : !is_dir ? S_SUBTREE_DIRTY : S_COUNT;
+        dirty = 0;
+        if (look != S_COUNT) {
+            sqlite3_bind_int64(idx->st[look], 1, old->id);
+            if ((r = query_i64(idx, look, &dirty)) < 0)
+                return r;
+        }
         if (dirty != 0)
             return -EBUSY;
         if ((r = fresh_version(idx, &row->version)) < 0 ||
-            (r = drop_blocks_locked(idx, old->id)) < 0)
+            (!was_dir && (r = drop_blocks_locked(idx, old->id)) < 0))
             return r;
-        was_dir = S_ISDIR(old->mode);
-        is_dir = S_ISDIR(row->mode);
         if (was_dir != is_dir) {
             sqlite3_bind_int64(idx->st[S_DESCENDANTS], 1, old->id);
             if ((r = delete_rows(idx, S_DESCENDANTS, NULL, NULL)) < 0)

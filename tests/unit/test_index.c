@@ -2196,6 +2196,41 @@ START_TEST(test_block_put_clean_over_dirty_refused)
 }
 END_TEST
 
+/* A change from the source never throws away local writes not yet written back: a file with
+ * dirty blocks keeps its row (-EBUSY), and so does a folder above one that the source now has
+ * as a file. A folder's new times or size take nothing from its descendants and go in. */
+START_TEST(test_put_change_over_dirty)
+{
+    int64_t d = put_dir(IDX_ROOT_ID, "d"), s = put_dir(d, "s");
+    int64_t a = put_file(s, "a", 100000), b = put_file(s, "b", 100000);
+    struct idx_file f;
+
+    put_dirty(a, 0, 100);
+    put_block(b, 0, 100, true);
+    f = mkfile(s, "a", S_IFREG | 0644, 200000);
+    ck_assert_int_eq(idx_put(idx, &f), -EBUSY);
+    ck_assert(block_dirty(a, 0));
+    ck_assert_int_eq(idx_get(idx, a, &f), 0);
+    ck_assert_uint_eq(f.size, 100000);
+    f = mkfile(s, "b", S_IFREG | 0644, 200000); /* clean: taken, its blocks dropped */
+    struct idx_block gone;
+    ck_assert_int_eq(idx_put(idx, &f), 1);
+    ck_assert_int_eq(idx_block_get(idx, b, 0, &gone), -ENOENT);
+    f = mkfile(IDX_ROOT_ID, "d", S_IFDIR | 0755, 8192);
+    f.mtime_ns = 99;
+    uint64_t v = version_of(d);
+    ck_assert_int_eq(idx_put(idx, &f), 1);
+    ck_assert_uint_ne(version_of(d), v);
+    ck_assert(block_dirty(a, 0));
+    ck_assert_int_eq(idx_get(idx, a, &f), 0);
+    f = mkfile(IDX_ROOT_ID, "d", S_IFREG | 0644, 10); /* the folder became a file there */
+    ck_assert_int_eq(idx_put(idx, &f), -EBUSY);
+    ck_assert_int_eq(idx_get(idx, a, &f), 0);
+    ck_assert(block_dirty(a, 0));
+    ck_assert_int_eq(idx_check(idx), 0);
+}
+END_TEST
+
 START_TEST(test_block_uncache_dirty_refused)
 {
     int64_t a = put_file(IDX_ROOT_ID, "a", 100000);
@@ -3304,6 +3339,7 @@ static Suite *index_suite(void)
     tcase_add_test(tc, test_blocks_iterator_returns_dirty);
     tcase_add_test(tc, test_block_put_dirty_uncached_refused);
     tcase_add_test(tc, test_block_put_clean_over_dirty_refused);
+    tcase_add_test(tc, test_put_change_over_dirty);
     tcase_add_test(tc, test_block_uncache_dirty_refused);
     tcase_add_test(tc, test_dirty_bytes_tracks_put_clean_drop_rollback);
     tcase_add_test(tc, test_blocks_clean_clears_only_the_range);
