@@ -2,6 +2,7 @@
  */
 #include "feed_agent.h"
 
+#include "deadline.h"
 #include "feed_codec.h"
 #include "index.h"
 #include "watch.h"
@@ -653,16 +654,12 @@ static bool queue_hash(fa_t *fa, struct fa_export *ex, char *path)
 /* Hold the named clients' requests off: until requests_resume, no request is in progress and
  * every change made so far has been told to the hook, so a state seen now is one a request left
  * (and was noted), never one in the middle of a request. Waits for the requests in progress,
- * at most PAUSE_WAIT_NS (a request may block: a slow disk, a FIFO); false when it gave up (then
+ * at most PAUSE_WAIT_MS (a request may block: a slow disk, a FIFO); false when it gave up (then
  * a passing state may be taken for a foreign change: applied, never lost). */
-#define PAUSE_WAIT_NS (100LL * 1000000)
+#define PAUSE_WAIT_MS 100
 static bool requests_pause(fa_t *fa)
 {
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_nsec += PAUSE_WAIT_NS % 1000000000;
-    until.tv_sec += PAUSE_WAIT_NS / 1000000000 + until.tv_nsec / 1000000000;
-    until.tv_nsec %= 1000000000;
+    struct timespec until = deadline_ms(CLOCK_REALTIME, PAUSE_WAIT_MS);
     return pthread_rwlock_timedwrlock(&fa->requests, &until) == 0;
 }
 

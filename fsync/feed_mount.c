@@ -8,6 +8,7 @@
  */
 #include "mountd_int.h"
 
+#include "deadline.h"
 #include "feed_codec.h"
 #include "ssh_client.h"
 
@@ -984,11 +985,7 @@ static void *fm_main(void *arg)
         }
         pthread_mutex_lock(&fm->lock);
         if (!fm->stop) {
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_nsec += (long)backoff_ms * 1000000;
-            ts.tv_sec += ts.tv_nsec / 1000000000;
-            ts.tv_nsec %= 1000000000;
+            struct timespec ts = deadline_ms(CLOCK_REALTIME, backoff_ms);
             pthread_cond_timedwait(&fm->snap_cond, &fm->lock, &ts);
         }
         pthread_mutex_unlock(&fm->lock);
@@ -1025,14 +1022,7 @@ int fm_start(struct mountd *m)
     /* the first snapshot makes the first walk free of round trips: wait for it, bounded (or
      * not at all: until it is in, the mount works as a standalone one, over SFTP with the TTL) */
     int wait_ms = m->o.snapshot_wait_ms < 0 ? FIRST_SNAP_WAIT_MS : m->o.snapshot_wait_ms;
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += wait_ms / 1000;
-    ts.tv_nsec += (long)(wait_ms % 1000) * 1000000;
-    if (ts.tv_nsec >= 1000000000) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000;
-    }
+    struct timespec ts = deadline_ms(CLOCK_REALTIME, wait_ms);
     pthread_mutex_lock(&fm->lock);
     while (!fm->first_done && wait_ms > 0)
         if (pthread_cond_timedwait(&fm->snap_cond, &fm->lock, &ts) == ETIMEDOUT)

@@ -11,6 +11,7 @@
 #include "mountd_int.h"
 
 #include "blockcache.h"
+#include "deadline.h"
 #include "index.h"
 #include "stats.h"
 
@@ -174,13 +175,7 @@ static void *flusher_main(void *arg)
     bool stop = false;
 
     while (!stop) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 200 * 1000000;
-        if (ts.tv_nsec >= 1000000000) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000;
-        }
+        struct timespec ts = deadline_ms(CLOCK_REALTIME, 200);
         pthread_mutex_lock(&m->bg_lock);
         if (!m->stopping)
             pthread_cond_timedwait(&m->bg_cond, &m->bg_lock, &ts);
@@ -1741,13 +1736,7 @@ again:
             r = -EIO;
             goto fail;
         }
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 50 * 1000000;
-        if (ts.tv_nsec >= 1000000000) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000;
-        }
+        struct timespec ts = deadline_ms(CLOCK_REALTIME, 50);
         pthread_cond_timedwait(&of->cond, &of->lock, &ts);
     }
     *fd_out = of->fd;

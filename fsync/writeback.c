@@ -9,6 +9,8 @@
  */
 #include "mountd_int.h"
 
+#include "deadline.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -503,7 +505,7 @@ static void settle(struct wb *wb)
             FS_STAT_ADD(&m->st, write_back_errors, 1);
         }
         idx_journal_done(m->idx, row->seq);
-        if (row->kind != IDX_J_FSYNC) { /* a sync changes nothing the feed could echo */
+        if (row->kind != IDX_J_FSYNC) {  /* a sync changes nothing the feed could echo */
             md_note_local(m, row->path); /* its echo from the source comes after this */
             if (!row->err && row->kind != IDX_J_UNLINK && row->kind != IDX_J_RMDIR)
                 md_note_written_back(m, row->file);
@@ -536,11 +538,7 @@ static void *wb_main(void *arg)
     for (;;) {
         pthread_mutex_lock(&wb->lock);
         if (!wb->stop && !wb->kicked && !wb->done) {
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_nsec += 200 * 1000000;
-            ts.tv_sec += ts.tv_nsec / 1000000000;
-            ts.tv_nsec %= 1000000000;
+            struct timespec ts = deadline_ms(CLOCK_REALTIME, 200);
             pthread_cond_timedwait(&wb->cond, &wb->lock, &ts);
         }
         bool stop = wb->stop && wb->inflight == 0;
@@ -649,12 +647,7 @@ int wb_wait(struct mountd *m, int64_t file, int timeout_ms)
         return take_error(wb, file, 0);
     idx_sync(m->idx); /* what the laptop will hold is kept here too, should mountd die */
     int64_t upto = idx_journal_last_seq(m->idx);
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += timeout_ms / 1000;
-    until.tv_nsec += (long)(timeout_ms % 1000) * 1000000;
-    until.tv_sec += until.tv_nsec / 1000000000;
-    until.tv_nsec %= 1000000000;
+    struct timespec until = deadline_ms(CLOCK_REALTIME, timeout_ms);
     wb_kick(m);
     int r = 0;
     for (;;) {

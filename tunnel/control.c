@@ -14,6 +14,8 @@
  */
 #include "control.h"
 
+#include "deadline.h"
+
 #include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -1572,13 +1574,7 @@ int ctl_exec_fd(ctl_t *c, unsigned after, int timeout_ms, unsigned *gen)
     if (pthread_equal(pthread_self(), c->thread))
         timeout_ms = 0;
     if (timeout_ms > 0) {
-        clock_gettime(CLOCK_MONOTONIC, &until);
-        until.tv_sec += timeout_ms / 1000;
-        until.tv_nsec += (long)(timeout_ms % 1000) * 1000000;
-        if (until.tv_nsec >= 1000000000) {
-            until.tv_sec++;
-            until.tv_nsec -= 1000000000;
-        }
+        until = deadline_ms(CLOCK_MONOTONIC, timeout_ms);
     }
     pthread_mutex_lock(&c->lock);
     while (c->exec_fd < 0 || c->exec_gen <= after) {

@@ -16,6 +16,7 @@
 #include "sftp_client.h"
 
 #include "buf.h"
+#include "deadline.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -260,13 +261,7 @@ static int call(tun_sftp_t *s, struct req *r, struct sync_ctx **out)
     int64_t t0 = now_ns();
     pthread_mutex_lock(&s->lock);
     while (!c->w.done) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 100 * 1000000;
-        if (ts.tv_nsec >= 1000000000) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000;
-        }
+        struct timespec ts = deadline_ms(CLOCK_REALTIME, 100);
         pthread_cond_timedwait(&s->cond, &s->lock, &ts);
         if (c->w.done)
             break;
@@ -775,13 +770,7 @@ static int list_once(tun_sftp_t *s, const char *path,
             bool timed_out = false;
             pthread_mutex_lock(&s->lock);
             while (!c[i]->w.done) {
-                struct timespec ts;
-                clock_gettime(CLOCK_REALTIME, &ts);
-                ts.tv_nsec += 100 * 1000000;
-                if (ts.tv_nsec >= 1000000000) {
-                    ts.tv_sec++;
-                    ts.tv_nsec -= 1000000000;
-                }
+                struct timespec ts = deadline_ms(CLOCK_REALTIME, 100);
                 pthread_cond_timedwait(&s->cond, &s->lock, &ts);
                 int64_t ref = s->connected && s->last_progress > t0 ? s->last_progress : t0;
                 if (!c[i]->w.done && (now_ns() - ref > limit || s->stopping)) {

@@ -1,5 +1,6 @@
 /* test_buf.c - unit tests of the bounded byte buffer (tunnel/buf.h). */
 #include "buf.h"
+#include "deadline.h"
 
 #include <check.h>
 #include <errno.h>
@@ -859,6 +860,31 @@ START_TEST(test_view_consume_to_end_leaves_it_empty)
 }
 END_TEST
 
+/* deadline.h, the other small utility of the tunnel layer: whole seconds and the nanoseconds
+ * carried into them, for waits shorter and longer than a second. */
+static int64_t ts_ns(struct timespec t)
+{
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+START_TEST(test_deadline_ms_adds_and_normalizes)
+{
+    static const int64_t waits[] = {0, 1, 50, 999, 1000, 1500, 60000};
+    for (size_t i = 0; i < sizeof(waits) / sizeof(waits[0]); i++) {
+        for (int k = 0; k < 200; k++) { /* lands at many sub-second phases of the clock */
+            struct timespec before, after;
+            clock_gettime(CLOCK_MONOTONIC, &before);
+            struct timespec d = deadline_ms(CLOCK_MONOTONIC, waits[i]);
+            clock_gettime(CLOCK_MONOTONIC, &after);
+            ck_assert_int_ge(d.tv_nsec, 0);
+            ck_assert_int_lt(d.tv_nsec, 1000000000);
+            ck_assert_int_ge(ts_ns(d), ts_ns(before) + waits[i] * 1000000);
+            ck_assert_int_le(ts_ns(d), ts_ns(after) + waits[i] * 1000000);
+        }
+    }
+}
+END_TEST
+
 static TCase *tcase(Suite *s, const char *name)
 {
     TCase *tc = tcase_create(name);
@@ -928,6 +954,9 @@ static Suite *buf_suite(void)
     tcase_add_test(tc, test_view_free_does_not_free_memory);
     tcase_add_test(tc, test_view_get_past_end_fails_unchanged);
     tcase_add_test(tc, test_view_consume_to_end_leaves_it_empty);
+
+    tc = tcase(s, "deadline");
+    tcase_add_test(tc, test_deadline_ms_adds_and_normalizes);
     return s;
 }
 
