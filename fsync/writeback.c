@@ -218,30 +218,24 @@ static int send_row(struct wb *wb, const struct idx_jentry *e, struct wb_row *ro
         row->version = f.version;
         row->first = e->off / FS_BLOCK_SIZE;
         row->count = (end - 1) / FS_BLOCK_SIZE - row->first + 1;
-        uint32_t chunk = tun_sftp_write_max(m->sftp);
-        uint8_t *buf = malloc(chunk);
-        r = buf ? 0 : -ENOMEM;
-        for (uint64_t off = e->off; r == 0 && off < end; off += chunk) {
+        uint32_t chunk = tun_sftp_write_max(m->sftp), got = 0;
+        r = 0;
+        for (uint64_t off = e->off; r == 0 && off < end; off += got) {
             uint32_t n = (uint32_t)(end - off < chunk ? end - off : chunk);
-            ssize_t got = pread(fd, buf, n, (off_t)off);
-            if (got < 0) {
-                r = -errno;
-                break;
-            }
-            if (got == 0)
-                break; /* truncated here since: a later row of the journal says so too */
-            n = (uint32_t)got;
             pthread_mutex_lock(&wb->lock);
-            row->pending++;
+            row->pending++; /* before it is queued: its answer may come at once */
             pthread_mutex_unlock(&wb->lock);
-            if ((r = tun_sftp_write_async(m->sftp, &h, off, buf, n, row_done, row)) != 0) {
+            /* the cache file's bytes read straight into the request */
+            r = tun_sftp_write_fd_async(m->sftp, &h, off, fd, n, &got, row_done, row);
+            if (r != 0 || got == 0) {
                 pthread_mutex_lock(&wb->lock);
                 row->pending--;
                 pthread_mutex_unlock(&wb->lock);
             }
-            FS_STAT_ADD(&m->st, bytes_written_back, r == 0 ? n : 0);
+            FS_STAT_ADD(&m->st, bytes_written_back, r == 0 ? got : 0);
+            if (r == 0 && got == 0)
+                break; /* truncated here since: a later row of the journal says so too */
         }
-        free(buf);
         close(fd);
         return r;
     }

@@ -1039,6 +1039,52 @@ int tun_sftp_op_async(tun_sftp_t *s, const struct tun_sftp_op *op, tun_sftp_stat
     return err;
 }
 
+int tun_sftp_write_fd_async(tun_sftp_t *s, const struct tun_sftp_handle *h, uint64_t off, int fd,
+                            uint32_t len, uint32_t *got, tun_sftp_status_cb done, void *arg)
+{
+    /* a WRITE with an empty data string, then the data read in behind it */
+    struct tun_sftp_op op = {.type = TUN_SFTP_OP_WRITE, .h = h, .off = off, .data = "", .len = 0};
+    struct status_ctx *c;
+    struct req *r;
+    uint8_t *w;
+    ssize_t n;
+    int err;
+
+    *got = 0;
+    if (len > tun_sftp_write_max(s))
+        return -EINVAL;
+    if ((err = op_req(s, &op, REQ_STREAM, &r)) != 0)
+        return err;
+    size_t len_at = buf_avail(&r->pkt) - 4; /* the data string's length: last in the packet */
+    if ((err = buf_reserve(&r->pkt, len, &w)) != 0) {
+        req_free(r);
+        return err;
+    }
+    do {
+        n = pread(fd, w, len, (off_t)off);
+    } while (n < 0 && errno == EINTR);
+    if (n <= 0) {
+        err = n < 0 ? -errno : 0;
+        req_free(r);
+        return err;
+    }
+    buf_commit(&r->pkt, (size_t)n);
+    buf_poke_u32(&r->pkt, len_at, (uint32_t)n);
+    if ((c = malloc(sizeof(*c))) == NULL) {
+        req_free(r);
+        return -ENOMEM;
+    }
+    c->done = done;
+    c->arg = arg;
+    if ((err = submit(s, r, status_done, c)) != 0) {
+        free(c);
+        req_free(r);
+        return err;
+    }
+    *got = (uint32_t)n;
+    return 0;
+}
+
 struct open_ctx {
     tun_sftp_t *s;
     tun_sftp_open_cb done;

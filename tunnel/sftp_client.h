@@ -194,6 +194,13 @@ typedef void (*tun_sftp_open_cb)(void *arg, int err, const struct tun_sftp_handl
 int tun_sftp_write_async(tun_sftp_t *s, const struct tun_sftp_handle *h, uint64_t off,
                          const void *data, uint32_t len, tun_sftp_status_cb done, void *arg);
 
+/* tun_sftp_write_async of the bytes of fd at 'off' (the same offset in the file and in h), read
+ * straight into the request: no copy in between. *got is how many were read: fewer than len at
+ * the file's end, 0 when there is nothing there (then nothing is queued and done() is not
+ * called). A read error is -errno, nothing queued. */
+int tun_sftp_write_fd_async(tun_sftp_t *s, const struct tun_sftp_handle *h, uint64_t off, int fd,
+                            uint32_t len, uint32_t *got, tun_sftp_status_cb done, void *arg);
+
 /* Queue an OPEN of path with SFC_FXF_* pflags on the ordered stream (create_attrs as for
  * tun_sftp_open_flags); done() gets the handle. Returns and calls done() as tun_sftp_write_async
  * does. Requests queued after it may use the handle only once done() has it, but requests on
