@@ -1015,18 +1015,13 @@ static void status_done(struct req *r, int err, uint8_t type, struct buf *payloa
     free(c);
 }
 
-int tun_sftp_op_async(tun_sftp_t *s, const struct tun_sftp_op *op, tun_sftp_status_cb done,
-                      void *arg)
+/* Queue r, whose answer is a STATUS for done(); on failure r is freed and done() not called. */
+static int submit_status(tun_sftp_t *s, struct req *r, tun_sftp_status_cb done, void *arg)
 {
-    struct status_ctx *c;
-    struct req *r;
+    struct status_ctx *c = malloc(sizeof(*c));
     int err;
 
-    if (op->type == TUN_SFTP_OP_WRITE && op->len > tun_sftp_write_max(s))
-        return -EINVAL;
-    if ((err = op_req(s, op, REQ_STREAM, &r)) != 0)
-        return err;
-    if ((c = malloc(sizeof(*c))) == NULL) {
+    if (c == NULL) {
         req_free(r);
         return -ENOMEM;
     }
@@ -1039,12 +1034,24 @@ int tun_sftp_op_async(tun_sftp_t *s, const struct tun_sftp_op *op, tun_sftp_stat
     return err;
 }
 
+int tun_sftp_op_async(tun_sftp_t *s, const struct tun_sftp_op *op, tun_sftp_status_cb done,
+                      void *arg)
+{
+    struct req *r;
+    int err;
+
+    if (op->type == TUN_SFTP_OP_WRITE && op->len > tun_sftp_write_max(s))
+        return -EINVAL;
+    if ((err = op_req(s, op, REQ_STREAM, &r)) != 0)
+        return err;
+    return submit_status(s, r, done, arg);
+}
+
 int tun_sftp_write_fd_async(tun_sftp_t *s, const struct tun_sftp_handle *h, uint64_t off, int fd,
                             uint32_t len, uint32_t *got, tun_sftp_status_cb done, void *arg)
 {
     /* a WRITE with an empty data string, then the data read in behind it */
     struct tun_sftp_op op = {.type = TUN_SFTP_OP_WRITE, .h = h, .off = off, .data = "", .len = 0};
-    struct status_ctx *c;
     struct req *r;
     uint8_t *w;
     ssize_t n;
@@ -1070,19 +1077,9 @@ int tun_sftp_write_fd_async(tun_sftp_t *s, const struct tun_sftp_handle *h, uint
     }
     buf_commit(&r->pkt, (size_t)n);
     buf_poke_u32(&r->pkt, len_at, (uint32_t)n);
-    if ((c = malloc(sizeof(*c))) == NULL) {
-        req_free(r);
-        return -ENOMEM;
-    }
-    c->done = done;
-    c->arg = arg;
-    if ((err = submit(s, r, status_done, c)) != 0) {
-        free(c);
-        req_free(r);
-        return err;
-    }
-    *got = (uint32_t)n;
-    return 0;
+    if ((err = submit_status(s, r, done, arg)) == 0)
+        *got = (uint32_t)n;
+    return err;
 }
 
 struct open_ctx {
