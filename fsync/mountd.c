@@ -260,6 +260,15 @@ static int meta_put(struct mountd *m, struct idx_file *f)
 {
     struct idx_file old;
     bool had = idx_lookup(m->idx, f->parent, f->name, &old) == 0;
+    if (had && old.attr_time_ns > f->attr_time_ns) {
+        /* confirmed since this was observed (the feed's snapshot, a newer listing): the newer
+         * word stands. Taking the older one would also set the row's confirmation time back
+         * below a snapshot's stamp, and the snapshot's end prunes what it did not confirm
+         * since its start: a listing begun before a snapshot and recorded after the snapshot
+         * had sent a folder deleted that folder here, for good with a live feed. */
+        *f = old;
+        return 0;
+    }
     /* SFTP v3 times are whole seconds: a row that knows the nanoseconds (written here) keeps
      * them, and with them its version and cached bytes, when the second and size agree */
     bool same = had && (old.mode & S_IFMT) == (f->mode & S_IFMT) && old.size == f->size;
