@@ -1587,9 +1587,9 @@ static int put_existing(idx_t *idx, struct idx_file *row, const struct idx_file 
          * reports would cost O(subtree) each time) */
         was_dir = S_ISDIR(old->mode);
         is_dir = S_ISDIR(row->mode);
-        enum stmt look = !was_dir ? S_FILE_DIRTY : !is_dir ? S_SUBTREE_DIRTY : S_COUNT;
         dirty = 0;
-        if (look != S_COUNT) {
+        if (!was_dir || !is_dir) {
+            enum stmt look = was_dir ? S_SUBTREE_DIRTY : S_FILE_DIRTY;
             sqlite3_bind_int64(idx->st[look], 1, old->id);
             if ((r = query_i64(idx, look, &dirty)) < 0)
                 return r;

@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <time.h>
 
+/* ms >= 0 */
 static inline struct timespec deadline_ms(clockid_t clock, int64_t ms)
 {
     struct timespec ts;
